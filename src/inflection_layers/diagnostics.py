@@ -1,0 +1,156 @@
+"""Pure diagnostics: attention entropy, logit margin, gradient norms per layer.
+
+Nothing here loads data or models, writes files or keeps global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+_LAYER_RE = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+
+
+def attention_entropy(attn: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean Shannon entropy (nats) of self-attention rows, per head.
+
+    attn (B, H, Q, K) probabilities of one layer; attention_mask (B, K), 1 = real token, Q == K.
+    Each valid query row's entropy is summed over valid keys only (0 log 0 = 0); padded query rows
+    are ignored. Normalised entropy divides a row by log(n_valid_keys) of its example (0 when n = 1).
+    Returns (raw, normalised), each (H,) float64: means over all valid (batch, query) rows.
+    """
+    B, H, Q, K = attn.shape
+    if attention_mask.shape != (B, K) or Q != K:
+        shapes = f"{tuple(attn.shape)}, {tuple(attention_mask.shape)}"
+        raise ValueError(f"expected attn (B, H, K, K) and mask (B, K), got {shapes}")
+    p = attn.detach().to(torch.float64)
+    valid = attention_mask.detach().to(device=p.device).bool()  # (B, K)
+    plogp = torch.where(valid[:, None, None, :], torch.xlogy(p, p), 0.0)  # (B, H, Q, K)
+    ent = -plogp.sum(-1)  # (B, H, Q)
+    n = valid.sum(-1).to(torch.float64)  # (B,)
+    log_n = torch.where(n > 1, n.clamp(min=1).log(), math.inf)  # row / inf = 0 for single-key examples
+    ent_norm = ent / log_n[:, None, None]
+    rows = valid[:, None, :].to(torch.float64)  # (B, 1, Q): query row valid
+    n_rows = rows.sum().clamp(min=1)
+    raw = torch.where(rows.bool(), ent, 0.0).sum((0, 2)) / n_rows
+    norm = torch.where(rows.bool(), ent_norm, 0.0).sum((0, 2)) / n_rows
+    return raw, norm
+
+
+def layer_attention_entropy(attentions: Sequence[Tensor], attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """`attention_entropy` for each layer's (B, H, K, K) attention; returns (raw, normalised), each (L, H)."""
+    per_layer = [attention_entropy(a, attention_mask) for a in attentions]
+    return torch.stack([r for r, _ in per_layer]), torch.stack([n for _, n in per_layer])
+
+
+def logit_margin(logits: Tensor, labels: Tensor) -> float:
+    """Mean over the batch of (true-class logit - largest other logit); logits (B, C), labels (B,)."""
+    logits = logits.detach().to(torch.float64)
+    true = logits.gather(1, labels.view(-1, 1).to(logits.device)).squeeze(1)  # (B,)
+    is_true = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.view(-1, 1).to(logits.device), True)
+    other = logits.masked_fill(is_true, -math.inf).amax(1)  # (B,)
+    return (true - other).mean().item()
+
+
+def _group(name: str) -> str:
+    """Group key of a parameter name: 'layer.{i}', 'embeddings', 'pooler', 'classifier' or 'other'."""
+    m = _LAYER_RE.search(name)
+    if m:
+        return f"layer.{m.group(1)}"
+    return next((g for g in ("embeddings", "pooler", "classifier") if g in name), "other")
+
+
+def param_grad_norms(model: nn.Module) -> dict[str, float]:
+    """L2 norm of `.grad` of the trainable parameters, per group (see `_group`); groups without grads omitted."""
+    sq: dict[str, Tensor] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.grad is not None:
+            g = _group(name)
+            sq[g] = sq.get(g, 0.0) + p.grad.detach().to(torch.float64).pow(2).sum()
+    return {g: math.sqrt(float(s)) for g, s in sq.items()}
+
+
+def encoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """(embeddings module, encoder layers) of a HF BERT-like model, peft-wrapped or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PeftModel
+    base = getattr(inner, "base_model", inner)  # HF: BertForX.base_model -> BertModel
+    emb, layers = getattr(base, "embeddings", None), getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(emb, nn.Module) or not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"cannot find .embeddings and .encoder.layer in {type(model).__name__}")
+    return emb, layers
+
+
+def _hidden(output: Any) -> Tensor | None:
+    """Hidden states (B, T, D) from a module output: a tensor or a tuple whose first element is one."""
+    h = output[0] if isinstance(output, (tuple, list)) else output
+    return h if isinstance(h, Tensor) else None
+
+
+class ActivationGradRecorder:
+    """Records ||dS/dh_l||_2 at the embeddings' output (l = 0) and each encoder layer's output (l = i + 1).
+
+    S is whatever scalar is backpropagated (normally the batch-mean loss); the norm is the Frobenius
+    norm over the whole (B, T, D) gradient, padded positions included. Works with frozen parameters:
+    if the embeddings' output does not require grad it is replaced by a detached copy that does
+    (same values), so every layer gets a gradient. Forwards run without grad record nothing.
+    `norms()` gives the most recent backward's values, (L + 1,) float32, NaN where none was recorded.
+    Usage: `with ActivationGradRecorder(model) as rec: model(**batch).loss.backward()`; `rec.norms()`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.embeddings, self.layers = encoder_parts(model)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._norms: dict[int, Tensor] = {}
+
+    def __enter__(self) -> ActivationGradRecorder:
+        self._handles.append(self.embeddings.register_forward_hook(self._hook(0)))
+        for i, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_hook(self._hook(i + 1)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, idx: int) -> Callable[[nn.Module, Any, Any], Any]:
+        def store(grad: Tensor) -> None:
+            self._norms[idx] = torch.linalg.vector_norm(grad.detach().float()).cpu()
+
+        def forward_hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return None
+            h = _hidden(output)
+            if h is None:
+                return None
+            replaced = idx == 0 and not h.requires_grad and h.is_floating_point()
+            if replaced:  # frozen embeddings: make the graph start here
+                h = h.detach().requires_grad_(True)
+            if h.requires_grad:
+                h.register_hook(store)
+            if not replaced:
+                return None
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+
+        return forward_hook
+
+    def reset(self) -> None:
+        """Forget all recorded norms."""
+        self._norms.clear()
+
+    def norms(self) -> Tensor:
+        """(L + 1,) gradient norms: [embeddings output, layer 0 output, ..., layer L-1 output]."""
+        if not self._norms:
+            raise RuntimeError("no gradient recorded: run a forward and backward inside the context")
+        out = torch.full((len(self.layers) + 1,), math.nan)
+        for i, v in self._norms.items():
+            out[i] = v
+        return out

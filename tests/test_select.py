@@ -1,0 +1,192 @@
+"""Tables of (input, expected) for the pure layer-selection functions in inflection_layers.select."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inflection_layers.select import (
+    cap_band,
+    greedy_centers,
+    local_maxima,
+    random_band,
+    select_band,
+    ski_scores,
+    widen,
+)
+
+# H/max = [.25, .5, 1], G/max = [1, .5, .25]  ->  1 - . = [.75, .5, 0] and [0, .5, .75]
+H3, G3 = [1.0, 2.0, 4.0], [4.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "entropy, act_grad, alpha, expected",
+    [
+        (H3, G3, 0.5, [0.375, 0.5, 0.375]),
+        (H3, G3, 0.25, [0.1875, 0.5, 0.5625]),
+        (H3, G3, 1.0, [0.75, 0.5, 0.0]),  # entropy only
+        (H3, G3, 0.0, [0.0, 0.5, 0.75]),  # gradient only
+        ([0.0, 0.0], [1.0, 2.0], 0.5, [0.75, 0.5]),  # all-zero entropy: H/max H taken as 0
+        ([0.0, 0.0], [0.0, 0.0], 0.3, [1.0, 1.0]),
+        ([3.0], [5.0], 0.5, [0.0]),  # L = 1
+    ],
+)
+def test_ski_scores(entropy, act_grad, alpha, expected):
+    np.testing.assert_allclose(ski_scores(np.array(entropy), np.array(act_grad), alpha), expected)
+
+
+@pytest.mark.parametrize(
+    "entropy, act_grad, alpha, match",
+    [
+        ([1.0, -0.1], [1.0, 1.0], 0.5, "non-negative"),
+        ([1.0, 1.0], [1.0, -2.0], 0.5, "non-negative"),
+        ([1.0, np.nan], [1.0, 1.0], 0.5, "finite"),
+        ([1.0, 1.0], [np.inf, 1.0], 0.5, "finite"),
+        ([1.0, 2.0], [1.0, 2.0, 3.0], 0.5, "same shape"),
+        ([[1.0, 2.0]], [[1.0, 2.0]], 0.5, "1-D"),
+        ([], [], 0.5, "at least one layer"),
+        ([1.0, 2.0], [1.0, 2.0], -0.1, "alpha"),
+        ([1.0, 2.0], [1.0, 2.0], 1.5, "alpha"),
+        ([1.0, 2.0], [1.0, 2.0], np.nan, "alpha"),
+    ],
+)
+def test_ski_scores_invalid(entropy, act_grad, alpha, match):
+    with pytest.raises(ValueError, match=match):
+        ski_scores(np.array(entropy), np.array(act_grad), alpha)
+
+
+@pytest.mark.parametrize(
+    "scores, expected",
+    [
+        ([0.1, 0.5, 0.2], [1]),
+        ([0.9, 0.5, 0.2], [0]),  # maximum at index 0
+        ([0.1, 0.5, 0.8], [2]),  # maximum at the last layer
+        ([0.1, 0.5, 0.2, 0.7, 0.3], [1, 3]),
+        ([0.5, 0.5, 0.5, 0.5], [0]),  # all equal -> [argmax]
+        ([0.3], [0]),  # L = 1
+        ([0.1, 0.6, 0.6, 0.6, 0.2], [1]),  # plateau: first index only
+        ([0.6, 0.6, 0.2], [0]),  # plateau at the start
+        ([0.2, 0.6, 0.6], [1]),  # plateau at the end
+        ([0.1, 0.4, 0.4, 0.9], [3]),  # shoulder plateau is not a maximum
+        ([0.7, 0.2, 0.7], [0, 2]),  # tied maxima: both kept
+        ([0.0, 0.0, 1.0, 0.0], [2]),
+    ],
+)
+def test_local_maxima(scores, expected):
+    assert local_maxima(np.array(scores)) == expected
+
+
+@pytest.mark.parametrize("scores", [[], [[0.1, 0.2]], [0.1, np.nan]])
+def test_local_maxima_invalid(scores):
+    with pytest.raises(ValueError):
+        local_maxima(np.array(scores))
+
+
+@pytest.mark.parametrize(
+    "centers, s, num_layers, expected",
+    [
+        ([5], 1, 12, [4, 5, 6]),
+        ([0], 2, 12, [0, 1, 2]),  # clipped at the bottom
+        ([11], 2, 12, [9, 10, 11]),  # clipped at the top
+        ([3, 5], 1, 12, [2, 3, 4, 5, 6]),  # overlapping windows
+        ([3, 4], 1, 12, [2, 3, 4, 5]),
+        ([1, 8], 0, 12, [1, 8]),  # s = 0
+        ([8, 1, 8], 0, 12, [1, 8]),  # unsorted, duplicated
+        ([0], 3, 1, [0]),  # L = 1
+        ([], 2, 12, []),
+    ],
+)
+def test_widen(centers, s, num_layers, expected):
+    assert widen(centers, s, num_layers) == expected
+
+
+@pytest.mark.parametrize("centers, s, num_layers", [([1], -1, 12), ([12], 1, 12), ([-1], 1, 12), ([0], 1, 0)])
+def test_widen_invalid(centers, s, num_layers):
+    with pytest.raises(ValueError):
+        widen(centers, s, num_layers)
+
+
+SC = [0.1, 0.9, 0.5, 0.5, 0.8, 0.2]
+
+
+@pytest.mark.parametrize(
+    "band, max_band, expected",
+    [
+        ([0, 1, 2, 3, 4], None, [0, 1, 2, 3, 4]),  # no cap
+        ([0, 1, 2, 3, 4], 5, [0, 1, 2, 3, 4]),  # cap not reached
+        ([0, 1, 2, 3, 4], 2, [1, 4]),
+        ([0, 1, 2, 3, 4], 3, [1, 2, 4]),  # tie 2 vs 3: lower index first
+        ([2, 3], 1, [2]),  # tie only
+        ([5, 0], 1, [5]),  # returned sorted; 0.2 > 0.1
+    ],
+)
+def test_cap_band(band, max_band, expected):
+    assert cap_band(band, np.array(SC), max_band) == expected
+
+
+@pytest.mark.parametrize("max_band", [0, -1])
+def test_cap_band_invalid(max_band):
+    with pytest.raises(ValueError, match="max_band"):
+        cap_band([0, 1], np.array(SC), max_band)
+
+
+@pytest.mark.parametrize(
+    "entropy, act_grad, threshold, expected",
+    [
+        ([3.0, 1.0, 2.0, 4.0], [1.0, 0.9, 0.8, 0.7], 0.5, [1]),  # no layer below threshold
+        ([3.0, 1.0, 2.0, 4.0], [1.0, 0.9, 0.3, 0.1], 0.5, [1, 2]),  # first below: 2, not 3
+        ([3.0, 1.0, 2.0, 4.0], [1.0, 0.4, 0.3, 0.1], 0.5, [1]),  # same layer: deduplicated
+        ([1.0, 1.0, 2.0], [1.0, 1.0, 1.0], 0.5, [0]),  # entropy tie -> lowest index
+        ([2.0, 2.0, 1.0], [0.0, 0.0, 0.0], 0.5, [0, 2]),  # max G == 0: every layer below
+        ([5.0], [2.0], 0.5, [0]),  # L = 1
+    ],
+)
+def test_greedy_centers(entropy, act_grad, threshold, expected):
+    assert greedy_centers(np.array(entropy), np.array(act_grad), threshold) == expected
+
+
+# 6 layers, one clear SKI peak at layer 3: low entropy and low gradient there
+H6 = np.array([4.0, 3.5, 3.0, 1.0, 2.5, 3.8])
+G6 = np.array([1.0, 0.9, 0.6, 0.2, 0.5, 0.8])
+
+
+@pytest.mark.parametrize(
+    "method, s, threshold, max_band, candidates, band",
+    [
+        ("local_max", 1, 0.5, None, [3], [2, 3, 4]),
+        ("local_max", 0, 0.5, None, [3], [3]),
+        ("local_max", 2, 0.5, 3, [3], [2, 3, 4]),  # cap keeps the top-3 SKI layers
+        ("greedy", 1, 0.5, None, [3], [2, 3, 4]),  # argmin H = first G/max < .5 = 3
+        ("greedy", 0, 0.7, None, [2, 3], [2, 3]),  # first G/max < .7 is layer 2
+        ("greedy", 1, 0.1, None, [3], [2, 3, 4]),  # no layer below threshold
+    ],
+)
+def test_select_band(method, s, threshold, max_band, candidates, band):
+    out = select_band(H6, G6, method=method, alpha=0.5, s=s, threshold=threshold, max_band=max_band)
+    assert out["candidates"] == candidates and out["band"] == band
+    np.testing.assert_allclose(out["scores"], ski_scores(H6, G6, 0.5))
+    assert all(isinstance(v, float) for v in out["scores"]) and all(isinstance(v, int) for v in out["band"])
+    assert out == select_band(H6, G6, method=method, alpha=0.5, s=s, threshold=threshold, max_band=max_band)
+
+
+def test_select_band_unknown_method():
+    with pytest.raises(ValueError, match="local_max, greedy"):
+        select_band(H6, G6, method="argmax", alpha=0.5, s=1, threshold=0.5, max_band=None)
+
+
+@pytest.mark.parametrize("num_layers, size, seed", [(12, 3, 0), (12, 12, 1), (1, 1, 2), (24, 5, 123)])
+def test_random_band(num_layers, size, seed):
+    band = random_band(num_layers, size, seed)
+    assert band == random_band(num_layers, size, seed)  # deterministic for a seed
+    assert len(band) == len(set(band)) == size and band == sorted(band)
+    assert all(isinstance(i, int) and 0 <= i < num_layers for i in band)
+
+
+def test_random_band_seed_changes_draw():
+    assert len({tuple(random_band(12, 3, seed)) for seed in range(10)}) > 1
+
+
+@pytest.mark.parametrize("num_layers, size", [(12, 0), (12, 13), (0, 1), (3, -1)])
+def test_random_band_invalid(num_layers, size):
+    with pytest.raises(ValueError, match="size"):
+        random_band(num_layers, size, 0)
