@@ -154,3 +154,50 @@ class ActivationGradRecorder:
         for i, v in self._norms.items():
             out[i] = v
         return out
+
+
+def measure(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
+    """One forward + backward with every diagnostic recorded; gradients are left in place (no update).
+
+    batch: input_ids, attention_mask (B, T), labels (B,). Returns entropy and entropy_norm (L, H),
+    act_grad (L + 1,) [embeddings output first], param_grad {group: norm}, loss and margin (floats).
+    """
+    with ActivationGradRecorder(model) as rec:
+        out = model(**batch, output_attentions=True)
+        out.loss.backward()
+    raw, norm = layer_attention_entropy(out.attentions, batch["attention_mask"])
+    return {
+        "entropy": raw,
+        "entropy_norm": norm,
+        "act_grad": rec.norms(),
+        "param_grad": param_grad_norms(model),
+        "loss": out.loss.item(),
+        "margin": logit_margin(out.logits, batch["labels"]),
+    }
+
+
+def per_layer_means(records: Sequence[dict[str, Any]], num_layers: int) -> dict[str, list[float]]:
+    """Average `measure` records over batches -> {metric: values per layer}.
+
+    entropy, entropy_norm: mean over heads, (L,); act_grad: (L + 1,) with the embeddings' output
+    first; param_grad: (L,), NaN for layers without trainable parameters.
+    """
+    ent = torch.stack([r["entropy"] for r in records]).mean(0)  # (L, H)
+    ent_norm = torch.stack([r["entropy_norm"] for r in records]).mean(0)
+    act = torch.stack([r["act_grad"].double() for r in records]).mean(0)  # (L + 1,)
+    pg = [[r["param_grad"].get(f"layer.{i}", math.nan) for i in range(num_layers)] for r in records]
+    return {
+        "entropy": ent.mean(1).tolist(),
+        "entropy_norm": ent_norm.mean(1).tolist(),
+        "act_grad": act.tolist(),
+        "param_grad": torch.tensor(pg, dtype=torch.float64).mean(0).tolist(),
+    }
+
+
+def tidy(means: dict[str, list[float]], **labels: Any) -> list[dict[str, Any]]:
+    """Rows (layer, metric, value, **labels) from `per_layer_means`; the embeddings' output is layer -1."""
+    rows = []
+    for metric, values in means.items():
+        first = -1 if metric == "act_grad" else 0
+        rows += [{"layer": first + i, "metric": metric, "value": v, **labels} for i, v in enumerate(values)]
+    return rows

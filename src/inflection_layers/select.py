@@ -8,9 +8,15 @@ saturated attention and a suppressed gradient. Pure numpy functions, no I/O.
 from __future__ import annotations
 
 import logging
+import argparse
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from inflection_layers.artifacts import write_csv, write_json
+from inflection_layers.config import REGIMES, Ski, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -164,4 +170,42 @@ def random_band(num_layers: int, size: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(num_layers, size=size, replace=False))
 
 
-# --- stage entry point (main) below ---
+def select_cell(layers: pd.DataFrame, p: Ski, seed: int) -> tuple[dict, pd.DataFrame]:
+    """Band and equal-size random band of one cell from its tidy diagnose table (layer, metric, value).
+
+    Uses mean attention entropy H and the activation-gradient norm G at each encoder layer's output
+    (layers 0..L-1; the embeddings' output, layer -1, is not a candidate). Returns the selection
+    JSON and a per-layer table (layer, entropy, act_grad, ski, in_band) for DVC plots.
+    """
+    wide = layers[layers["layer"] >= 0].pivot(index="layer", columns="metric", values="value").sort_index()
+    h, g = wide["entropy"].to_numpy(), wide["act_grad"].to_numpy()
+    sel = select_band(h, g, method=p.method, alpha=p.alpha, s=p.s, threshold=p.threshold, max_band=p.max_band)
+    rand = random_band(len(h), len(sel["band"]), seed)
+    table = pd.DataFrame({"layer": wide.index, "entropy": h, "act_grad": g, "ski": sel["scores"]})
+    table["in_band"] = table["layer"].isin(sel["band"]).astype(int)
+    result = {"num_layers": len(h), **sel, "band_size": len(sel["band"]), "random_band": rand, "params": vars(p)}
+    return result, table
+
+
+def main() -> None:
+    """Parse the cell and paths dvc.yaml gives, validate `ski.*`, select, write the JSON and the table."""
+    parser = argparse.ArgumentParser(description="Stage `select`: SKI scores and the LoRA band of one source model.")
+    parser.add_argument("--regime", choices=REGIMES, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--layers", type=Path, required=True, help="tidy per-layer CSV from `diagnose`")
+    parser.add_argument("--out", type=Path, required=True, help="selection JSON")
+    parser.add_argument("--table", type=Path, required=True, help="per-layer CSV for DVC plots")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = load_params().ski
+
+    if not args.layers.is_file():
+        raise FileNotFoundError(f"{args.layers}: missing; run `dvc repro diagnose` first")
+    result, table = select_cell(pd.read_csv(args.layers), p, args.seed)
+    cell = {"regime": args.regime, "seed": args.seed}
+    write_json(args.out, {**cell, **result})
+    write_csv(args.table, table.assign(**cell))
+
+
+if __name__ == "__main__":
+    main()
