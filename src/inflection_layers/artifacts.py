@@ -26,6 +26,7 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary folders
     target = tmp if is_dir else tmp / path.name
     try:
         yield target

@@ -20,7 +20,9 @@ import yaml
 logger = logging.getLogger(__name__)
 
 REGIMES = ("under", "over")
-STRATEGIES = ("none", "head", "shallow", "full", "lora_selective", "lora_all", "lora_random", "bitfit")
+PLAIN_STRATEGIES = ("none", "head", "shallow", "full", "bitfit")
+LORA_STRATEGIES = ("lora_selective", "lora_all", "lora_random")
+STRATEGIES = PLAIN_STRATEGIES + LORA_STRATEGIES
 
 
 class ParamError(ValueError):
@@ -38,21 +40,32 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """The matrix: which regimes, seeds and adaptation strategies are run."""
+    """The matrix: which regimes, seeds and adaptation strategies are run.
+
+    Strategies come in two lists because DVC declares parameters per stage: the LoRA cells run in
+    their own stage (`finetune_lora`), so a change of `lora.*` reruns only them.
+    """
 
     regimes: list[str] = dataclasses.field(default_factory=lambda: list(REGIMES))
     seeds: list[int] = dataclasses.field(default_factory=lambda: [42, 43, 44])
-    strategies: list[str] = dataclasses.field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = dataclasses.field(default_factory=lambda: list(PLAIN_STRATEGIES))
+    lora_strategies: list[str] = dataclasses.field(default_factory=lambda: list(LORA_STRATEGIES))
 
     def __post_init__(self) -> None:
         for r in self.regimes:
             _check(r in REGIMES, "study.regimes", r, f"one of {list(REGIMES)}")
         for s in self.strategies:
-            _check(s in STRATEGIES, "study.strategies", s, f"one of {list(STRATEGIES)}")
-        for name, xs in (("regimes", self.regimes), ("seeds", self.seeds), ("strategies", self.strategies)):
+            _check(s in PLAIN_STRATEGIES, "study.strategies", s, f"one of {list(PLAIN_STRATEGIES)} (LoRA ones go in study.lora_strategies)")
+        for s in self.lora_strategies:
+            _check(s in LORA_STRATEGIES, "study.lora_strategies", s, f"one of {list(LORA_STRATEGIES)}")
+        for name, xs in (("regimes", self.regimes), ("seeds", self.seeds), ("strategies", self.strategies), ("lora_strategies", self.lora_strategies)):
             _check(len(xs) > 0 and len(set(xs)) == len(xs), f"study.{name}", xs, "a non-empty list without repeats")
         for s in self.seeds:
             _check(s >= 0, "study.seeds", s, "seeds >= 0")
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        """Every (regime, strategy, seed) of the fine-tuning matrix, LoRA strategies included."""
+        return [(r, s, seed) for r in self.regimes for s in self.strategies + self.lora_strategies for seed in self.seeds]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +154,84 @@ class Ski:
 
 
 @dataclasses.dataclass(frozen=True)
+class Finetune:
+    """Target adaptation on Rotten Tomatoes train (paper: 300 steps, AdamW, lr 2e-5, batch 16)."""
+
+    steps: int = 300
+    lr: float = 2e-5
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    shallow_k: int = 2
+    eval_batch_size: int = 128
+    diag_every: int = 25  # record diagnostics every this many steps (and at step 0)
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "finetune.steps", self.steps, "an integer >= 1")
+        _check(0 < self.lr < 1, "finetune.lr", self.lr, "a float in (0, 1)")
+        _check(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.weight_decay >= 0, "finetune.weight_decay", self.weight_decay, "a float >= 0")
+        _check(self.shallow_k >= 1, "finetune.shallow_k", self.shallow_k, "an integer >= 1")
+        _check(self.eval_batch_size >= 1, "finetune.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _check(self.diag_every >= 1, "finetune.diag_every", self.diag_every, "an integer >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lora:
+    """peft LoRA of the lora_* strategies (paper: r 4, alpha 16, dropout 0.05 on query, key, value)."""
+
+    rank: int = 4
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["query", "key", "value"])
+    lr: float = 2e-5  # its own learning rate, so under-training of adapters at a full-FT rate can be tested
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "lora.rank", self.rank, "an integer >= 1")
+        _check(self.alpha >= 1, "lora.alpha", self.alpha, "an integer >= 1")
+        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "a float in [0, 1)")
+        allowed = ["query", "key", "value", "dense"]
+        for t in self.targets:
+            _check(t in allowed, "lora.targets", t, f"module names among {allowed}")
+        _check(len(self.targets) > 0, "lora.targets", self.targets, "a non-empty list")
+        _check(0 < self.lr < 1, "lora.lr", self.lr, "a float in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """Representation change (Delta-CKA) between the source model (the `none` cell) and each adapted cell."""
+
+    pooling: str = "cls"  # cls: the [CLS] vector; mean: the mean over valid tokens
+    pca_dim: int = 256  # shared PCA basis (paper: 256), capped by 2N and the width
+
+    def __post_init__(self) -> None:
+        _check(self.pooling in ("cls", "mean"), "analysis.pooling", self.pooling, "one of ['cls', 'mean']")
+        _check(self.pca_dim >= 1, "analysis.pca_dim", self.pca_dim, "an integer >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Linear and MLP probes per layer (paper: MLP hidden 768, dropout 0.1, AdamW 3e-3, wd 1e-4, 20 epochs, batch 128)."""
+
+    train_size: int = 1400  # drawn (stratified) from the analysis sample; the rest up to eval_size evaluates
+    eval_size: int = 700
+    hidden: int = 768
+    dropout: float = 0.1
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    epochs: int = 20
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("train_size", "eval_size", "hidden", "epochs", "batch_size"):
+            _check(getattr(self, key) >= 1, f"probe.{key}", getattr(self, key), "an integer >= 1")
+        _check(0 <= self.dropout < 1, "probe.dropout", self.dropout, "a float in [0, 1)")
+        _check(0 < self.lr < 1, "probe.lr", self.lr, "a float in (0, 1)")
+        _check(self.weight_decay >= 0, "probe.weight_decay", self.weight_decay, "a float >= 0")
+        _check(self.seed >= 0, "probe.seed", self.seed, "an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
 
@@ -150,6 +241,10 @@ class Params:
     source: Source = dataclasses.field(default_factory=Source)
     diagnose: Diagnose = dataclasses.field(default_factory=Diagnose)
     ski: Ski = dataclasses.field(default_factory=Ski)
+    finetune: Finetune = dataclasses.field(default_factory=Finetune)
+    lora: Lora = dataclasses.field(default_factory=Lora)
+    analysis: Analysis = dataclasses.field(default_factory=Analysis)
+    probe: Probe = dataclasses.field(default_factory=Probe)
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -62,17 +62,21 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights (1-D)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, lora_lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights (1-D).
+
+    With `lora_lr`, peft's adapter weights (``lora_`` in the name) get that rate, the rest `lr`.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("no trainable parameters: nothing to optimise")
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    fused = params[0].device.type in ("cpu", "cuda")
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for n, p in named:
+        key = (lora_lr if lora_lr is not None and "lora_" in n else lr, weight_decay if p.ndim >= 2 else 0.0)
+        groups.setdefault(key, []).append(p)
+    fused = named[0][1].device.type in ("cpu", "cuda")
+    param_groups = [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=lr, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -91,18 +95,50 @@ def check_finite(loss: Tensor, step: int) -> None:
         raise FloatingPointError(f"loss is {loss.item()} at step {step}: training diverged; lower the learning rate")
 
 
+def endless_batches(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """`bucketed_batches` epoch after epoch: a step-based loop's batch stream, identical for one seed."""
+    epoch = 0
+    while True:
+        yield from bucketed_batches(lengths, batch_size, seed, epoch)
+        epoch += 1
+
+
 @torch.no_grad()
-def predict(model: nn.Module, ids: Sequence[Sequence[int]], labels: Sequence[int], batch_size: int, pad_id: int, device: torch.device) -> dict:
-    """Evaluate in length-sorted batches -> probs (N, C) float64 in input order, loss (mean NLL), accuracy."""
+def predict(
+    model: nn.Module,
+    ids: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    return_reps: bool = False,
+) -> dict:
+    """Evaluate in length-sorted batches, in eval mode.
+
+    Returns probs (N, C) float64 in input order, loss (mean NLL), accuracy and, with `return_reps`,
+    from the same forward passes, every hidden state's [CLS] vector, cls (L + 1, N, D) float16
+    (index 0 = embeddings' output), and its mean over the valid tokens, mean (L + 1, N, D) float16.
+    """
     was_training = model.training
     model.eval()
     order = np.argsort([len(x) for x in ids], kind="stable")
     probs = np.zeros((len(ids), model.config.num_labels))
+    reps: dict[str, np.ndarray] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        logits = model(**to_device(collate(ids, idx, pad_id), device)).logits  # (B, C)
-        probs[idx] = torch.softmax(logits.double(), -1).cpu().numpy()
+        batch = to_device(collate(ids, idx, pad_id), device)
+        out = model(**batch, output_hidden_states=return_reps)
+        probs[idx] = torch.softmax(out.logits.double(), -1).cpu().numpy()  # logits (B, C)
+        if return_reps:
+            h = torch.stack(out.hidden_states)  # (L + 1, B, T, D)
+            m = batch["attention_mask"][None, :, :, None].to(h.dtype)  # (1, B, T, 1)
+            pooled = {"cls": h[:, :, 0], "mean": (h * m).sum(2) / m.sum(2)}  # (L + 1, B, D) each
+            for name, x in pooled.items():
+                if name not in reps:
+                    reps[name] = np.zeros((x.shape[0], len(ids), x.shape[2]), dtype=np.float16)
+                reps[name][:, idx] = x.half().cpu().numpy()
     model.train(was_training)
     y = np.asarray(labels)
     nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-300, None))
-    return {"probs": probs, "loss": float(nll.mean()), "accuracy": float((probs.argmax(1) == y).mean())}
+    result = {"probs": probs, "loss": float(nll.mean()), "accuracy": float((probs.argmax(1) == y).mean())}
+    return result | reps

@@ -1,0 +1,217 @@
+"""Centered kernel alignment (CKA) between representations of the same examples.
+
+Linear CKA (Kornblith et al. 2019) in its feature-space and example-space (Gram) forms, the
+debiased variant built on the unbiased HSIC estimator (Song et al. 2012; Nguyen et al. 2021),
+and ``delta_cka = 1 - CKA`` between [CLS] representations before and after fine-tuning.
+Stage `cka` (``main``) applies them per layer to every cell of the study. Everything is computed in float64 whatever the input dtype. A constant representation (zero
+variance in every feature) has no defined similarity: the CKA functions return ``nan`` for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+
+from inflection_layers.artifacts import write_csv, write_json
+from inflection_layers.config import load_params
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("linear", "debiased")
+
+
+def _check_pair(X: np.ndarray, Y: np.ndarray, min_n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Validate X (N, D1) and Y (N, D2) and return them as float64."""
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    if X.ndim != 2 or Y.ndim != 2:
+        raise ValueError(f"expected 2-D arrays (N, D), got shapes {X.shape} and {Y.shape}")
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must have the same number of examples, got {X.shape[0]} and {Y.shape[0]}")
+    if X.shape[0] < min_n:
+        raise ValueError(f"need at least {min_n} examples, got {X.shape[0]}")
+    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+        raise ValueError("X and Y must be finite (found NaN or inf)")
+    return X, Y
+
+
+def _is_constant(X: np.ndarray) -> bool:
+    """True when every column of X (N, D) is constant (exact test, no rounding from centering)."""
+    return not np.ptp(X, axis=0).any()
+
+
+def _center_gram(K: np.ndarray) -> np.ndarray:
+    """H K H for a symmetric Gram matrix K (N, N), with H = I - 11^T / N."""
+    return K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
+
+
+def _hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
+    """Unbiased HSIC of Gram matrices K, L (N, N), N >= 4 (Song et al. 2012, eq. 5)."""
+    n = K.shape[0]
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0.0)
+    np.fill_diagonal(L, 0.0)
+    trace = np.sum(K * L)  # tr(K L) for symmetric K, L
+    ones = K.sum() * L.sum() / ((n - 1) * (n - 2))
+    cross = 2.0 / (n - 2) * (K.sum(axis=0) @ L.sum(axis=0))
+    return float((trace + ones - cross) / (n * (n - 3)))
+
+
+def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
+    """Linear CKA, feature-space form: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on centered X (N, D1), Y (N, D2).
+
+    Returns nan when X or Y is constant.
+    """
+    X, Y = _check_pair(X, Y)
+    if _is_constant(X) or _is_constant(Y):
+        logger.debug("constant representation: CKA undefined, returning nan")
+        return float("nan")
+    X, Y = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    num = np.sum((Y.T @ X) ** 2)
+    return float(num / (np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y)))
+
+
+def linear_cka_gram(X: np.ndarray, Y: np.ndarray) -> float:
+    """Linear CKA, example-space form: HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), K = X X^T, L = Y Y^T (N, N).
+
+    HSIC(K, L) = tr(K H L H) (biased; the 1/(N-1)^2 factor cancels). Returns nan when X or Y is constant.
+    """
+    X, Y = _check_pair(X, Y)
+    if _is_constant(X) or _is_constant(Y):
+        return float("nan")
+    K, L = _center_gram(X @ X.T), _center_gram(Y @ Y.T)
+    return float(np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L)))
+
+
+def debiased_cka(X: np.ndarray, Y: np.ndarray) -> float:
+    """Linear CKA with the unbiased HSIC estimator, X (N, D1), Y (N, D2), N >= 4.
+
+    Matches Kornblith et al.'s ``cka(gram_x, gram_y, debiased=True)``; may be slightly negative
+    for unrelated representations. Returns nan when X or Y is constant.
+    """
+    X, Y = _check_pair(X, Y, min_n=4)
+    if _is_constant(X) or _is_constant(Y):
+        return float("nan")
+    X, Y = X - X.mean(axis=0), Y - Y.mean(axis=0)  # HSIC_1 is shift-invariant; this only helps rounding
+    K, L = X @ X.T, Y @ Y.T
+    kk, ll = _hsic_unbiased(K, K), _hsic_unbiased(L, L)
+    if kk <= 0.0 or ll <= 0.0:
+        return float("nan")
+    return _hsic_unbiased(K, L) / float(np.sqrt(kk * ll))
+
+
+def standardize(X: np.ndarray) -> np.ndarray:
+    """Z-score each column of X (N, D) in float64; zero-std columns are left at 0 after centering."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X - X.mean(axis=0)
+    std = X.std(axis=0)
+    return np.divide(X, std, out=np.zeros_like(X), where=std > 0)
+
+
+def shared_pca(X: np.ndarray, Y: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Project X (N, D) and Y (N, D) onto one PCA basis fitted on their vstack; returns (N, k) each.
+
+    k = min(dim, 2N, D): PCA cannot have more components than samples (2N stacked rows) or
+    features. With k >= rank of the centered stack no information is dropped and linear CKA is
+    unchanged. svd_solver="full" makes the basis deterministic.
+    """
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[1] != Y.shape[1]:
+        raise ValueError(f"expected 2-D arrays with the same feature dim, got {X.shape} and {Y.shape}")
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    k = min(dim, X.shape[0] + Y.shape[0], X.shape[1])
+    pca = PCA(n_components=k, svd_solver="full").fit(np.vstack([X, Y]))
+    return pca.transform(X), pca.transform(Y)
+
+
+def delta_cka(
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    pca_dim: int | None = 256,
+    method: str = "linear",
+    standardized: bool = False,
+) -> float:
+    """1 - CKA between before (N, D) and after (N, D) representations of the same examples.
+
+    Optionally z-score each, then (if pca_dim) project both into a shared PCA basis, then
+    CKA by `method` ("linear" or "debiased"). nan when either is constant.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown CKA method {method!r}; expected one of {METHODS}")
+    before, after = _check_pair(before, after, min_n=4 if method == "debiased" else 2)
+    if standardized:
+        before, after = standardize(before), standardize(after)
+    if pca_dim is not None:
+        before, after = shared_pca(before, after, pca_dim)
+    cka = linear_cka if method == "linear" else debiased_cka
+    return 1.0 - cka(before, after)
+
+
+def delta_cka_layers(before: np.ndarray, after: np.ndarray, **kw) -> np.ndarray:
+    """delta_cka per layer for before, after of shape (L, N, D); returns (L,) float64."""
+    before, after = np.asarray(before), np.asarray(after)
+    if before.ndim != 3 or after.ndim != 3 or before.shape[0] != after.shape[0]:
+        raise ValueError(f"expected (L, N, D) arrays with the same L, got {before.shape} and {after.shape}")
+    return np.array([delta_cka(b, a, **kw) for b, a in zip(before, after)], dtype=np.float64)
+
+
+# --- stage `cka`: Delta-CKA per layer between the source model and every adapted cell ---
+
+VARIANTS = {
+    "delta_cka": {"method": "linear"},
+    "delta_cka_debiased": {"method": "debiased"},
+    "delta_cka_standardized": {"method": "linear", "standardized": True},
+}
+
+
+def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object) -> list[dict]:
+    """Tidy rows (layer, metric, value, **cell) of every Delta-CKA variant; before/after (L + 1, N, D), embeddings = layer -1.
+
+    Layers where a representation is constant (the embeddings' [CLS] vector is the same for every
+    sentence) have no defined CKA and get no row.
+    """
+    rows = []
+    for metric, kw in VARIANTS.items():
+        values = delta_cka_layers(before, after, pca_dim=pca_dim, **kw)
+        rows += [{"layer": i - 1, "metric": metric, "value": float(v), **cell} for i, v in enumerate(values) if np.isfinite(v)]
+    return rows
+
+
+def main() -> None:
+    """Read every cell's representations (the `none` cell is the source model), write the tidy table and per-cell means."""
+    parser = argparse.ArgumentParser(description="Stage `cka`: Delta-CKA per layer, source model vs every adapted cell.")
+    parser.add_argument("--cells", type=Path, required=True, help="folder of fine-tuned cells (models/finetune)")
+    parser.add_argument("--table", type=Path, required=True, help="tidy CSV: layer, metric, value, regime, strategy, seed")
+    parser.add_argument("--metrics", type=Path, required=True, help="per-cell summary JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params()
+    if "none" not in params.study.strategies:
+        raise ValueError("study.strategies must include 'none': its cell holds the source model's representations (the 'before' of Delta-CKA)")
+    cells = [c for c in params.study.cells() if c[1] != "none"]
+    for regime, strategy, seed in params.study.cells():
+        path = args.cells / f"{regime}-{strategy}-{seed}" / f"{params.analysis.pooling}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; run `dvc repro finetune finetune_lora` first")
+
+    rows, summary = [], {}
+    for regime, strategy, seed in cells:
+        before = np.load(args.cells / f"{regime}-none-{seed}" / f"{params.analysis.pooling}.npy")
+        after = np.load(args.cells / f"{regime}-{strategy}-{seed}" / f"{params.analysis.pooling}.npy")
+        cell_rows = cka_rows(before, after, params.analysis.pca_dim, regime=regime, strategy=strategy, seed=seed)
+        rows += cell_rows
+        top = [r["value"] for r in cell_rows if r["metric"] == "delta_cka"]
+        summary[f"{regime}-{strategy}-{seed}"] = {"mean_delta_cka": float(np.mean(top)), "last_layer_delta_cka": top[-1]}
+        logger.info("%s-%s-%d: Delta-CKA per layer %s", regime, strategy, seed, np.round(top, 4).tolist())
+    write_csv(args.table, pd.DataFrame(rows))
+    write_json(args.metrics, summary)
+
+
+if __name__ == "__main__":
+    main()

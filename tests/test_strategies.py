@@ -1,0 +1,124 @@
+"""Strategies on a tiny random BERT: exact trainable names and counts, LoRA layer mapping, one step, paired batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from conftest import tiny_config
+from inflection_layers.config import Finetune, Lora, Params
+from inflection_layers.finetune import train
+from inflection_layers.strategies import apply_strategy, targeted_modules, trainable_parameters
+
+H, I, L = 32, 37, 3  # tiny_config: hidden, intermediate, layers
+CLASSIFIER = H * 2 + 2
+POOLER = H * H + H
+LAYER = 4 * (H * H + H) + (H * I + I) + (I * H + H) + 2 * 2 * H  # q, k, v, attn-out; FFN in, out; 2 LayerNorms
+LAYER_BIASES = 4 * H + I + H + 2 * H  # q, k, v, attn-out, FFN in, FFN out, LayerNorm biases
+EMB_BIASES = H  # embeddings LayerNorm bias
+
+
+def lora_per_layer(r: int, hidden: int, targets: int = 3) -> int:
+    """LoRA A (r, d) + B (d, r) on each of `targets` square projections of width `hidden`."""
+    return targets * r * 2 * hidden
+
+
+def build(strategy: str, layers: list[int] | None = None, r: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(L))
+    return apply_strategy(model, strategy, shallow_k=2, lora=Lora(rank=r, alpha=4, dropout=0.0), layers=layers)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "layers", "expected"),
+    [
+        ("none", None, 0),
+        ("head", None, CLASSIFIER),
+        ("shallow", None, 2 * LAYER + POOLER + CLASSIFIER),
+        ("bitfit", None, L * LAYER_BIASES + EMB_BIASES + H + CLASSIFIER),  # + pooler bias
+        ("lora_selective", [0, 2], 2 * lora_per_layer(2, H) + CLASSIFIER),
+        ("lora_all", [0, 1, 2], 3 * lora_per_layer(2, H) + CLASSIFIER),
+        ("lora_random", [1], lora_per_layer(2, H) + CLASSIFIER),
+    ],
+)
+def test_exact_trainable_counts(strategy: str, layers: list[int] | None, expected: int) -> None:
+    assert sum(trainable_parameters(build(strategy, layers)).values()) == expected
+
+
+def test_full_trains_everything() -> None:
+    model = build("full")
+    assert sum(trainable_parameters(model).values()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected_names"),
+    [
+        ("head", {"classifier.weight", "classifier.bias"}),
+        ("shallow", {n for n in BertForSequenceClassification(tiny_config(L)).state_dict() if ".layer.1." in n or ".layer.2." in n or "pooler" in n or "classifier" in n}),
+    ],
+)
+def test_exact_trainable_names(strategy: str, expected_names: set[str]) -> None:
+    assert set(trainable_parameters(build(strategy))) == expected_names
+
+
+@pytest.mark.parametrize("layers", [[0], [2], [0, 2], [1], [0, 1, 2]])
+def test_lora_band_maps_to_layer_indices(layers: list[int]) -> None:
+    model = build("lora_selective", layers)
+    adapted = {int(n.split(".layer.")[1].split(".")[0]) for n in targeted_modules(model)}
+    assert adapted == set(layers)  # index 0 included: no falsy-index bug
+    assert len(targeted_modules(model)) == 3 * len(layers)
+    names = trainable_parameters(model)
+    assert {n for n in names if "lora_" not in n} == {
+        "base_model.model.classifier.modules_to_save.default.weight",
+        "base_model.model.classifier.modules_to_save.default.bias",
+    }
+
+
+def test_lora_on_minilm_shape_counts_9216_per_layer() -> None:
+    """MiniLM-L6 (hidden 384), r = 4 on q, k, v: 9,216 per adapted layer; BERT-base's 5 layers: 92,160."""
+    cfg = tiny_config(2)
+    cfg.hidden_size, cfg.num_attention_heads = 384, 12
+    model = apply_strategy(BertForSequenceClassification(cfg), "lora_selective", lora=Lora(rank=4), layers=[1])
+    assert sum(trainable_parameters(model).values()) == 9_216 + (384 * 2 + 2)
+    assert 5 * lora_per_layer(4, 768) == 92_160
+
+
+@pytest.mark.parametrize(("strategy", "layers"), [("lora_selective", []), ("lora_all", None), ("lora_random", [3]), ("unknown", None)])
+def test_bad_strategy_arguments(strategy: str, layers: list[int] | None) -> None:
+    with pytest.raises(ValueError):
+        build(strategy, layers)
+
+
+@pytest.mark.parametrize(("strategy", "layers"), [("head", None), ("shallow", None), ("bitfit", None), ("lora_selective", [0]), ("full", None)])
+def test_one_step_changes_only_trainable_parameters(strategy: str, layers: list[int] | None, tiny_batch: dict) -> None:
+    model = build(strategy, layers)
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = set(trainable_parameters(model))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**tiny_batch).loss.backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        if n in trainable:
+            assert changed or "lora_A" in n or p.grad is None or p.grad.abs().sum() == 0, n  # lora_B starts at 0
+        else:
+            assert not changed, n
+
+
+def test_every_strategy_sees_the_same_batches_in_the_same_order() -> None:
+    """The paired design: the batch stream of a seed does not depend on the strategy."""
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(5, 99, (int(n),), generator=g).tolist() for n in torch.randint(3, 12, (40,), generator=g)]
+    labels = [i % 2 for i in range(40)]
+    params = Params(finetune=Finetune(steps=7, batch_size=4, diag_every=3))
+    seen: dict[str, list[torch.Tensor]] = {}
+    for strategy, layers in (("head", None), ("full", None), ("lora_selective", [1])):
+        model = build(strategy, layers)
+        seen[strategy] = []
+        model.register_forward_pre_hook(lambda m, a, kw: seen[strategy].append(kw["input_ids"].clone()) or None, with_kwargs=True)
+        train(model, params, ids, labels, pad=0, seed=42, lora="lora" in strategy, device=torch.device("cpu"), desc=strategy)
+    assert len(seen["head"]) == 7
+    for other in ("full", "lora_selective"):
+        assert all(torch.equal(a, b) for a, b in zip(seen["head"], seen[other], strict=True))
