@@ -49,15 +49,19 @@ def _center_gram(K: np.ndarray) -> np.ndarray:
     return K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
 
 
-def _hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
-    """Unbiased HSIC of Gram matrices K, L (N, N), N >= 4 (Song et al. 2012, eq. 5)."""
-    n = K.shape[0]
-    K, L = K.copy(), L.copy()
-    np.fill_diagonal(K, 0.0)
-    np.fill_diagonal(L, 0.0)
-    trace = np.sum(K * L)  # tr(K L) for symmetric K, L
-    ones = K.sum() * L.sum() / ((n - 1) * (n - 2))
-    cross = 2.0 / (n - 2) * (K.sum(axis=0) @ L.sum(axis=0))
+def _hsic_unbiased(X: np.ndarray, Y: np.ndarray) -> float:
+    """Unbiased HSIC (Song et al. 2012, eq. 5) of the linear Gram matrices K = X X^T, L = Y Y^T, N >= 4.
+
+    Computed in feature space, O(N D^2), never forming the (N, N) Gram matrices: with K~, L~ the
+    Gram matrices with zeroed diagonals, tr(K~ L~) = ||X^T Y||_F^2 - sum_i K_ii L_ii,
+    1^T K~ 1 = ||X^T 1||^2 - tr K and K~ 1 = X (X^T 1) - diag K.
+    """
+    n = X.shape[0]
+    dk, dl = np.einsum("ij,ij->i", X, X), np.einsum("ij,ij->i", Y, Y)  # diag K, diag L: (N,)
+    sx, sy = X.sum(axis=0), Y.sum(axis=0)  # X^T 1 (D1,), Y^T 1 (D2,)
+    trace = np.sum((X.T @ Y) ** 2) - dk @ dl
+    ones = (sx @ sx - dk.sum()) * (sy @ sy - dl.sum()) / ((n - 1) * (n - 2))
+    cross = 2.0 / (n - 2) * ((X @ sx - dk) @ (Y @ sy - dl))
     return float((trace + ones - cross) / (n * (n - 3)))
 
 
@@ -97,11 +101,10 @@ def debiased_cka(X: np.ndarray, Y: np.ndarray) -> float:
     if _is_constant(X) or _is_constant(Y):
         return float("nan")
     X, Y = X - X.mean(axis=0), Y - Y.mean(axis=0)  # HSIC_1 is shift-invariant; this only helps rounding
-    K, L = X @ X.T, Y @ Y.T
-    kk, ll = _hsic_unbiased(K, K), _hsic_unbiased(L, L)
+    kk, ll = _hsic_unbiased(X, X), _hsic_unbiased(Y, Y)
     if kk <= 0.0 or ll <= 0.0:
         return float("nan")
-    return _hsic_unbiased(K, L) / float(np.sqrt(kk * ll))
+    return _hsic_unbiased(X, Y) / float(np.sqrt(kk * ll))
 
 
 def standardize(X: np.ndarray) -> np.ndarray:
@@ -117,7 +120,8 @@ def shared_pca(X: np.ndarray, Y: np.ndarray, dim: int) -> tuple[np.ndarray, np.n
 
     k = min(dim, 2N, D): PCA cannot have more components than samples (2N stacked rows) or
     features. With k >= rank of the centered stack no information is dropped and linear CKA is
-    unchanged. svd_solver="full" makes the basis deterministic.
+    unchanged. svd_solver="covariance_eigh" (an eigendecomposition of the D x D covariance, fast
+    for N >> D) makes the basis deterministic.
     """
     X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[1] != Y.shape[1]:
@@ -125,7 +129,7 @@ def shared_pca(X: np.ndarray, Y: np.ndarray, dim: int) -> tuple[np.ndarray, np.n
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
     k = min(dim, X.shape[0] + Y.shape[0], X.shape[1])
-    pca = PCA(n_components=k, svd_solver="full").fit(np.vstack([X, Y]))
+    pca = PCA(n_components=k, svd_solver="covariance_eigh").fit(np.vstack([X, Y]))
     return pca.transform(X), pca.transform(Y)
 
 
@@ -163,13 +167,6 @@ def delta_cka_layers(before: np.ndarray, after: np.ndarray, **kw) -> np.ndarray:
 
 # --- stage `cka`: Delta-CKA per layer between the source model and every adapted cell ---
 
-VARIANTS = {
-    "delta_cka": {"method": "linear"},
-    "delta_cka_debiased": {"method": "debiased"},
-    "delta_cka_standardized": {"method": "linear", "standardized": True},
-}
-
-
 def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object) -> list[dict]:
     """Tidy rows (layer, metric, value, **cell) of every Delta-CKA variant; before/after (L + 1, N, D), embeddings = layer -1.
 
@@ -177,9 +174,14 @@ def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object
     sentence) have no defined CKA and get no row.
     """
     rows = []
-    for metric, kw in VARIANTS.items():
-        values = delta_cka_layers(before, after, pca_dim=pca_dim, **kw)
-        rows += [{"layer": i - 1, "metric": metric, "value": float(v), **cell} for i, v in enumerate(values) if np.isfinite(v)]
+    for i, (b, a) in enumerate(zip(before, after)):
+        raw = shared_pca(b, a, pca_dim)  # one basis for the linear and debiased variants
+        values = {
+            "delta_cka": 1.0 - linear_cka(*raw),
+            "delta_cka_debiased": 1.0 - debiased_cka(*raw),
+            "delta_cka_standardized": delta_cka(b, a, pca_dim=pca_dim, method="linear", standardized=True),
+        }
+        rows += [{"layer": i - 1, "metric": m, "value": float(v), **cell} for m, v in values.items() if np.isfinite(v)]
     return rows
 
 

@@ -128,6 +128,7 @@ def probe_layers(
 
     Per layer: one row per config, a ``{kind}_shuffled`` row per config when `control` (trained on
     train labels permuted with `seed`, scored on the true eval labels), and one ``majority`` row.
+    Layers whose representation is the same for every example get no rows.
     """
     kinds = [c.kind for c in cfgs]
     if len(set(kinds)) != len(kinds):
@@ -139,6 +140,9 @@ def probe_layers(
     rows: list[dict] = []
     for layer in range(len(reps)):
         X = np.asarray(reps[layer])
+        if not np.ptp(X, axis=0).any():  # the same vector for every example (the embeddings' [CLS]): nothing to probe
+            logger.info("layer %d: constant representation, skipped", layer)
+            continue
         X_tr, X_ev = X[train_idx], X[eval_idx]
         for cfg in cfgs:
             runs = [(cfg.kind, y_tr)] + ([(f"{cfg.kind}_shuffled", y_shuf)] if control else [])
