@@ -70,3 +70,13 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
     if columns is not None and not set(columns) <= set(df.columns):
         raise ValueError(f"{path}: expected columns {columns}, found {list(df.columns)}")
     return df
+
+
+def cell_dirs(root: Path, cells: list[tuple[str, str, int]], files: list[str]) -> list[Path]:
+    """The folders root/<regime>-<strategy>-<seed> of `cells`, after checking each holds `files`."""
+    dirs = [Path(root) / f"{r}-{s}-{seed}" for r, s, seed in cells]
+    for d in dirs:
+        for name in files:
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d / name}: missing; run `dvc repro finetune finetune_lora` first")
+    return dirs

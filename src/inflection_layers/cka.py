@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
-from inflection_layers.artifacts import write_csv, write_json
+from inflection_layers.artifacts import cell_dirs, write_csv, write_json
 from inflection_layers.config import load_params
 
 logger = logging.getLogger(__name__)
@@ -197,11 +197,7 @@ def main() -> None:
     if "none" not in params.study.strategies:
         raise ValueError("study.strategies must include 'none': its cell holds the source model's representations (the 'before' of Delta-CKA)")
     cells = [c for c in params.study.cells() if c[1] != "none"]
-    for regime, strategy, seed in params.study.cells():
-        path = args.cells / f"{regime}-{strategy}-{seed}" / f"{params.analysis.pooling}.npy"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run `dvc repro finetune finetune_lora` first")
-
+    cell_dirs(args.cells, params.study.cells(), [f"{params.analysis.pooling}.npy"])
     rows, summary = [], {}
     for regime, strategy, seed in cells:
         before = np.load(args.cells / f"{regime}-none-{seed}" / f"{params.analysis.pooling}.npy")

@@ -21,7 +21,7 @@ from joblib import Parallel, delayed
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from inflection_layers.artifacts import write_csv, write_json
+from inflection_layers.artifacts import cell_dirs, write_csv, write_json
 from inflection_layers.config import load_params
 
 logger = logging.getLogger(__name__)
@@ -191,11 +191,7 @@ def main() -> None:
     p, pooling = params.probe, params.analysis.pooling
     cfgs = [ProbeConfig(kind=k, hidden=p.hidden, dropout=p.dropout, lr=p.lr, weight_decay=p.weight_decay, epochs=p.epochs, batch_size=p.batch_size) for k in KINDS]
     cells = params.study.cells()
-    paths = [args.cells / f"{r}-{s}-{seed}" for r, s, seed in cells]
-    for path in paths:
-        for name in (f"{pooling}.npy", "predictions.parquet"):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path / name}: missing; run `dvc repro finetune finetune_lora` first")
+    paths = cell_dirs(args.cells, cells, [f"{pooling}.npy", "predictions.parquet"])
     labels = pd.read_parquet(paths[0] / "predictions.parquet", columns=["label"])["label"].to_numpy()
     train_idx, eval_idx = split_indices(len(labels), p.train_size, p.eval_size, p.seed, stratify=labels)
 
