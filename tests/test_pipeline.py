@@ -78,37 +78,41 @@ def test_every_stage_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     sel = json.loads(Path("m/sel.json").read_text())
     assert 1 <= len(sel["band"]) <= 2 and len(sel["random_band"]) == len(sel["band"])
 
-    for strategy in ("none", "shallow", "lora_selective"):
-        run(finetune, monkeypatch, "--regime", "under", "--strategy", strategy, "--seed", "7", "--source", "models/source/under-7",
-            "--selection", "m/sel.json", "--data", "data/prepared", "--out", f"models/ft/under-{strategy}-7", "--metrics", f"m/{strategy}.json",
-            "--layers", f"m/{strategy}-layers.csv", "--curve", f"m/{strategy}-curve.csv")
-        m = json.loads(Path(f"m/{strategy}.json").read_text())
+    run(finetune, monkeypatch, "--regime", "under", "--seed", "7", "--source", "models/source/under-7", "--data", "data/prepared",
+        "--out", "models/ft/under-7", "--metrics", "m/ft/under-7", "--plots", "p/ft/under-7")
+    run(finetune, monkeypatch, "--lora", "--regime", "under", "--seed", "7", "--source", "models/source/under-7", "--selection", "m/sel.json",
+        "--data", "data/prepared", "--out", "models/ft_lora/under-7", "--metrics", "m/ft_lora/under-7", "--plots", "p/ft_lora/under-7")
+    for strategy, kind in (("none", "ft"), ("shallow", "ft"), ("lora_selective", "ft_lora")):
+        m = json.loads(Path(f"m/{kind}/under-7/{strategy}.json").read_text())
         assert m["validation_free_n"] == 1_066 and 0 <= m["test_free_accuracy"] <= 1
-        preds = pd.read_parquet(f"models/ft/under-{strategy}-7/predictions.parquet")
+        preds = pd.read_parquet(f"models/{kind}/under-7/{strategy}/predictions.parquet")
         assert len(preds) == 2 * 1_066
         for pooling in ("cls", "mean"):
-            assert np.load(f"models/ft/under-{strategy}-7/{pooling}.npy").shape == (4, 2 * 1_066, 32)
-    lora = json.loads(Path("m/lora_selective.json").read_text())
+            assert np.load(f"models/{kind}/under-7/{strategy}/{pooling}.npy").shape == (4, 2 * 1_066, 32)
+    assert sorted(p.name for p in Path("m/ft/under-7").iterdir()) == ["none.json", "shallow.json"]
+    lora = json.loads(Path("m/ft_lora/under-7/lora_selective.json").read_text())
     assert lora["lora_layers"] == sel["band"]
     assert lora["trainable_parameters"] == len(sel["band"]) * 3 * 2 * 2 * 32 + 66
-    assert (tmp_path / "models/ft/under-lora_selective-7/adapter/adapter_model.safetensors").is_file()
-    assert len(pd.read_csv("m/shallow-curve.csv")) == 3  # steps 0, 2 and the last (3)
+    assert (tmp_path / "models/ft_lora/under-7/lora_selective/adapter/adapter_model.safetensors").is_file()
+    assert len(pd.read_csv("p/ft/under-7/shallow-curve.csv")) == 3  # steps 0, 2 and the last (3)
 
-    run(cka, monkeypatch, "--cells", "models/ft", "--table", "m/cka.csv", "--metrics", "m/cka.json")
+    run(cka, monkeypatch, "--cells", "models/ft", "models/ft_lora", "--table", "m/cka.csv", "--metrics", "m/cka.json")
     table = pd.read_csv("m/cka.csv")
     assert set(table["strategy"]) == {"shallow", "lora_selective"}  # the none cell is the 'before'
     assert sorted(set(table["layer"])) == [0, 1, 2]  # the embeddings' [CLS] is constant: no CKA
     assert table["value"].between(-0.5, 1.0 + 1e-9).all()
     assert set(json.loads(Path("m/cka.json").read_text())) == {"under-shallow-7", "under-lora_selective-7"}
 
-    run(probes, monkeypatch, "--cells", "models/ft", "--table", "m/probes.csv", "--metrics", "m/probes.json")
+    run(probes, monkeypatch, "--cells", "models/ft", "models/ft_lora", "--table", "m/probes.csv", "--metrics", "m/probes.json")
     table = pd.read_csv("m/probes.csv")
     assert set(table["metric"]) == {"linear", "mlp", "linear_shuffled", "mlp_shuffled", "majority"}
     assert len(table) == 3 * 3 * 5 and table["value"].between(0, 1).all()  # 3 cells, layers 0-2 (the embeddings' [CLS] is constant)
 
 
-def test_unknown_strategy_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lora_group_without_selection_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        run(finetune, monkeypatch, "--regime", "under", "--strategy", "lora_everywhere", "--seed", "1", "--source", "x", "--data", "x",
-            "--out", "x", "--metrics", "x", "--layers", "x", "--curve", "x")
+    Path("params.yaml").write_text(yaml.safe_dump({"study": {"seeds": [1]}}))
+    with pytest.raises(FileNotFoundError, match="selection"):
+        run(finetune, monkeypatch, "--lora", "--regime", "under", "--seed", "1", "--source", "x", "--data", "x",
+            "--out", "o", "--metrics", "m", "--plots", "p")
+    assert not any(Path(p).exists() for p in ("o", "m", "p"))

@@ -7,12 +7,16 @@ It prints, from one run on the same model and data, side by side:
       `model.max_length`, eager attention, foreach AdamW);
   (b) step time with diagnostics (attention entropy + activation-gradient hooks, backward through
       every layer) against without, for `full` and `lora_selective` on layers [2, 4, 5];
-  (c) with --dvc, the wall time of a no-op `dvc repro` and the number of stages it ran.
+  (c) with --dvc, the wall time of a no-op `dvc repro` and the number of stages it ran;
+  (d) on CPU, bf16 autocast against fp32 (step time, and the loss difference on the same batch);
+  (e) the `finetune` stage's layout of the cores: two cells in parallel processes with an equal
+      share of the threads against the same two cells one after the other with every thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 
 from inflection_layers.artifacts import read_parquet
 from inflection_layers.config import load_params
@@ -47,6 +52,21 @@ def padded_batches(n_examples: int, batch_size: int, seed: int) -> list[np.ndarr
     """Trainer-style: uniformly shuffled batches, no length grouping."""
     order = np.random.default_rng(seed).permutation(n_examples)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def cell_steps(model_name: str, ids: list[list[int]], labels: list[int], pad: int, batch_size: int, steps: int, threads: int) -> float:
+    """Seconds for `steps` full fine-tuning steps of a fresh model with `threads` torch threads (one cell's work)."""
+    torch.set_num_threads(threads)
+    seed_everything(0)
+    model = load_model(model_name).train()
+    opt = make_optimizer(model, 2e-5, 0.01)
+    batches = bucketed_batches([len(x) for x in ids], batch_size, seed=0, epoch=0)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        model(**collate(ids, batches[i], pad, labels)).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -108,6 +128,34 @@ def main() -> None:
         t_on, _ = timed(stepper(model, opt, ours_batches, None, True), args.steps)
         print(f"    {strategy:<16}                      {t_off:9.3f}   {t_on:9.3f}   {t_on / t_off:5.2f}x")
     print(f"    with diagnostics every {p.diag_every} steps the amortised cost per step is at most 1 + (ratio - 1) / {p.diag_every}")
+
+    if device.type == "cpu":
+        print("\n(d) bf16 autocast on CPU vs fp32, strategy full    s/step   loss on one batch")
+        model, opt = fresh()
+        batch = collate(ids, ours_batches[0], pad, labels)
+        losses = {}
+        for name, ctx in (("fp32", None), ("bf16", torch.bfloat16)):
+            def step(i: int, ctx: torch.dtype | None = ctx) -> int:
+                b = collate(ids, ours_batches[i % len(ours_batches)], pad, labels)
+                with torch.autocast("cpu", dtype=ctx, enabled=ctx is not None):
+                    loss = model(**b).loss
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                return int(b["attention_mask"].sum())
+            t, _ = timed(step, max(3, args.steps // 3))
+            with torch.no_grad(), torch.autocast("cpu", dtype=ctx, enabled=ctx is not None):
+                losses[name] = model(**batch).loss.item()
+            print(f"    {name}                                          {t:7.3f}   {losses[name]:.5f}")
+        print(f"    |loss bf16 - fp32| = {abs(losses['bf16'] - losses['fp32']):.2e}; the stages use bf16 only on a GPU")
+
+        cpus = os.cpu_count() or 1
+        n = args.steps
+        t_seq = sum(cell_steps(params.model.name, ids, labels, pad, p.batch_size, n, cpus) for _ in range(2))
+        t0 = time.perf_counter()
+        Parallel(n_jobs=2)(delayed(cell_steps)(params.model.name, ids, labels, pad, p.batch_size, n, max(1, cpus // 2)) for _ in range(2))
+        t_par = time.perf_counter() - t0
+        print(f"\n(e) two cells of {n} full steps: one after the other with {cpus} threads {t_seq:.1f} s;")
+        print(f"    in 2 processes x {max(1, cpus // 2)} thread(s) {t_par:.1f} s (process start included): {t_seq / t_par:.2f}x")
 
     if args.dvc:
         t0 = time.perf_counter()

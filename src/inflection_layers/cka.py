@@ -188,7 +188,7 @@ def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object
 def main() -> None:
     """Read every cell's representations (the `none` cell is the source model), write the tidy table and per-cell means."""
     parser = argparse.ArgumentParser(description="Stage `cka`: Delta-CKA per layer, source model vs every adapted cell.")
-    parser.add_argument("--cells", type=Path, required=True, help="folder of fine-tuned cells (models/finetune)")
+    parser.add_argument("--cells", type=Path, nargs="+", required=True, help="folders of fine-tuned cells (models/finetune models/finetune_lora)")
     parser.add_argument("--table", type=Path, required=True, help="tidy CSV: layer, metric, value, regime, strategy, seed")
     parser.add_argument("--metrics", type=Path, required=True, help="per-cell summary JSON")
     args = parser.parse_args()
@@ -196,12 +196,12 @@ def main() -> None:
     params = load_params()
     if "none" not in params.study.strategies:
         raise ValueError("study.strategies must include 'none': its cell holds the source model's representations (the 'before' of Delta-CKA)")
-    cells = [c for c in params.study.cells() if c[1] != "none"]
-    cell_dirs(args.cells, params.study.cells(), [f"{params.analysis.pooling}.npy"])
+    cells = params.study.cells()
+    paths = dict(zip(cells, cell_dirs(args.cells, cells, [f"{params.analysis.pooling}.npy"])))
     rows, summary = [], {}
-    for regime, strategy, seed in cells:
-        before = np.load(args.cells / f"{regime}-none-{seed}" / f"{params.analysis.pooling}.npy")
-        after = np.load(args.cells / f"{regime}-{strategy}-{seed}" / f"{params.analysis.pooling}.npy")
+    for regime, strategy, seed in (c for c in cells if c[1] != "none"):
+        before = np.load(paths[regime, "none", seed] / f"{params.analysis.pooling}.npy")
+        after = np.load(paths[regime, strategy, seed] / f"{params.analysis.pooling}.npy")
         cell_rows = cka_rows(before, after, params.analysis.pca_dim, regime=regime, strategy=strategy, seed=seed)
         rows += cell_rows
         top = [r["value"] for r in cell_rows if r["metric"] == "delta_cka"]

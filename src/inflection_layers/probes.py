@@ -182,7 +182,7 @@ def probe_cell(reps_path: Path, labels: np.ndarray, train_idx: np.ndarray, eval_
 def main() -> None:
     """Probe every cell (the `none` cell is the source model) on one shared stratified split; write tidy rows and per-cell summaries."""
     parser = argparse.ArgumentParser(description="Stage `probes`: linear and MLP probes per layer on the analysis sample.")
-    parser.add_argument("--cells", type=Path, required=True, help="folder of fine-tuned cells (models/finetune)")
+    parser.add_argument("--cells", type=Path, nargs="+", required=True, help="folders of fine-tuned cells (models/finetune models/finetune_lora)")
     parser.add_argument("--table", type=Path, required=True, help="tidy CSV: layer, metric, value, regime, strategy, seed")
     parser.add_argument("--metrics", type=Path, required=True, help="per-cell summary JSON")
     args = parser.parse_args()

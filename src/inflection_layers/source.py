@@ -20,6 +20,7 @@ from inflection_layers.artifacts import atomic_path, read_parquet, write_json
 from inflection_layers.config import REGIMES, Params, as_dict, load_params
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, save_checkpoint, seed_everything
 from inflection_layers.training import (
+    autocast,
     bucketed_batches,
     check_finite,
     collate,
@@ -58,7 +59,8 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
         bar = tqdm(bucketed_batches([len(x) for x in ids], p.batch_size, seed, epoch), desc=f"{regime}-{seed} epoch {epoch + 1}/{epochs}", disable=None)
         for idx in bar:
             batch = to_device(collate(ids, idx, pad, labels), device)
-            loss = model(**batch).loss
+            with autocast(device):
+                loss = model(**batch).loss
             check_finite(loss, step)
             loss.backward()
             optimizer.step()
@@ -67,6 +69,8 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
             tokens += int(batch["attention_mask"].sum())
             step += 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (epoch + 1) % p.dev_every and epoch + 1 != epochs:
+            continue
         ev = predict(model, dev_ids, dev["label"].tolist(), p.eval_batch_size, pad, device)
         curve.append({"epoch": epoch + 1, "step": step, "dev_accuracy": ev["accuracy"], "dev_loss": ev["loss"]})
         logger.info("%s-%d epoch %d: SST-2 dev accuracy %.4f, loss %.4f", regime, seed, epoch + 1, ev["accuracy"], ev["loss"])

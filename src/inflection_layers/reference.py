@@ -1,0 +1,61 @@
+"""Reproduction check: a run's metrics/summary.json against a committed reference, within a stated tolerance.
+
+    python -m inflection_layers.reference metrics/summary.json tests/reference/smoke-summary.json
+    python -m inflection_layers.reference metrics/summary.json tests/reference/smoke-summary.json --update
+
+Integers (parameter counts, sizes) and strings (verdicts, bands) must match exactly; floats within
+`--atol` (default 0.02, two points of accuracy). On one machine a run is bitwise reproducible; the
+tolerance is for another CPU, whose vector kernels round differently and whose small differences
+grow over training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def differences(run: Any, ref: Any, atol: float, path: str = "") -> list[str]:
+    """Every leaf of `ref` that `run` lacks or differs from (floats within `atol`), as 'path: run != ref' lines."""
+    if isinstance(ref, dict):
+        if not isinstance(run, dict):
+            return [f"{path or '.'}: {type(run).__name__} where the reference has a mapping"]
+        return [d for k, v in ref.items() for d in (differences(run[k], v, atol, f"{path}.{k}") if k in run else [f"{path}.{k}: missing"])]
+    if isinstance(ref, list):
+        if not isinstance(run, list) or len(run) != len(ref):
+            return [f"{path}: {run!r} != {ref!r}"]
+        return [d for i, (a, b) in enumerate(zip(run, ref)) for d in differences(a, b, atol, f"{path}[{i}]")]
+    if isinstance(run, bool) != isinstance(ref, bool):
+        return [f"{path}: {run!r} != {ref!r}"]
+    if isinstance(ref, float) and isinstance(run, (int, float)):
+        same = (math.isnan(ref) and math.isnan(run)) or abs(run - ref) <= atol
+        return [] if same else [f"{path}: {run} != {ref} (|diff| {abs(run - ref):.4g} > {atol})"]
+    return [] if run == ref else [f"{path}: {run!r} != {ref!r}"]
+
+
+def main() -> None:
+    """Compare (or, with --update, replace) the reference; exit 1 listing every difference."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("summary", type=Path, help="this run's summary JSON")
+    parser.add_argument("reference", type=Path, help="the committed reference")
+    parser.add_argument("--atol", type=float, default=0.02, help="absolute tolerance on floats")
+    parser.add_argument("--update", action="store_true", help="write the summary as the new reference")
+    args = parser.parse_args()
+    if args.update:
+        shutil.copyfile(args.summary, args.reference)
+        print(f"{args.reference}: updated from {args.summary}")
+        return
+    diffs = differences(json.loads(args.summary.read_text()), json.loads(args.reference.read_text()), args.atol)
+    for line in diffs:
+        print(line)
+    print(f"{args.summary} vs {args.reference}: {len(diffs)} difference(s) beyond atol {args.atol}")
+    sys.exit(1 if diffs else 0)
+
+
+if __name__ == "__main__":
+    main()

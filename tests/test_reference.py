@@ -1,0 +1,24 @@
+"""The reproduction check of CI: exact on integers and strings, tolerant on floats."""
+
+from __future__ import annotations
+
+from inflection_layers.reference import differences
+
+
+def test_equal_within_tolerance() -> None:
+    ref = {"under": {"full": {"val_acc": 0.77, "params": 22_000}}, "verdicts": ["supported"]}
+    run = {"under": {"full": {"val_acc": 0.785, "params": 22_000}}, "verdicts": ["supported"], "extra": 1}
+    assert differences(run, ref, atol=0.02) == []
+
+
+def test_every_kind_of_difference_is_named() -> None:
+    ref = {"a": 0.5, "b": 10, "c": "supported", "d": [1, 2], "e": {"f": 1.0}}
+    run = {"a": 0.6, "b": 11, "c": "inconclusive", "d": [1]}
+    diffs = differences(run, ref, atol=0.02)
+    assert [d.split(":")[0] for d in diffs] == [".a", ".b", ".c", ".d", ".e"]
+    assert "0.1 > 0.02" in diffs[0]
+
+
+def test_nan_equals_nan_and_bool_is_not_a_number() -> None:
+    assert differences({"x": float("nan")}, {"x": float("nan")}, 0.01) == []
+    assert differences({"x": True}, {"x": 1.0}, 0.01) != []
