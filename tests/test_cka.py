@@ -180,3 +180,16 @@ def test_delta_cka_layers(kw):
     assert out.shape == (3,) and out.dtype == np.float64 and np.isfinite(out).all()
     expected = [delta_cka(before[i].astype(np.float64), after[i].astype(np.float64), **kw) for i in range(3)]
     assert np.allclose(out, expected, atol=1e-12)
+
+
+def test_float16_rounding_of_a_constant_vector_is_still_constant() -> None:
+    """The embeddings' [CLS] saved as float16 from batches of different shapes: equal up to one unit in the last place."""
+    from inflection_layers.cka import linear_cka
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(1, 16)).astype(np.float16)
+    ulp = np.spacing(np.abs(base)).astype(np.float16)
+    X = np.repeat(base, 50, axis=0) + ulp * rng.integers(0, 2, size=(50, 16)).astype(np.float16)
+    Y = rng.normal(size=(50, 16))
+    assert np.isnan(linear_cka(X.astype(np.float64), Y))
+    assert not np.isnan(linear_cka(Y + 0.01 * rng.normal(size=Y.shape), Y))
