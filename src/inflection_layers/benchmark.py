@@ -9,8 +9,8 @@ It prints, from one run on the same model and data, side by side:
       every layer) against without, for `full` and `lora_selective` on layers [2, 4, 5];
   (c) with --dvc, the wall time of a no-op `dvc repro` and the number of stages it ran;
   (d) on CPU, bf16 autocast against fp32 (step time, and the loss difference on the same batch);
-  (e) the `finetune` stage's layout of the cores: two cells in parallel processes with an equal
-      share of the threads against the same two cells one after the other with every thread.
+  (e) why the fine-tuning stages run their cells one after the other with every thread: the same
+      two cells in two parallel processes, each with an equal share of the threads, for comparison.
 """
 
 from __future__ import annotations

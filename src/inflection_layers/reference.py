@@ -3,8 +3,10 @@
     python -m inflection_layers.reference metrics/summary.json tests/reference/smoke-summary.json
     python -m inflection_layers.reference metrics/summary.json tests/reference/smoke-summary.json --update
 
-Integers (parameter counts, sizes) and strings (verdicts, bands) must match exactly; floats within
-`--atol` (default 0.02, two points of accuracy). On one machine a run is bitwise reproducible; the
+The reference lists what must reproduce (only its keys are compared): accuracies per cell, exact
+parameter counts, the leakage audit; not the verdicts, which can flip where an interval touches a
+threshold. Integers, booleans and strings must match exactly; floats within `--atol` (default 0.02,
+two points of accuracy). On one machine a run is bitwise reproducible; the
 tolerance is for another CPU, whose vector kernels round differently and whose small differences
 grow over training steps.
 """
