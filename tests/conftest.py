@@ -41,3 +41,29 @@ def tiny_batch() -> dict[str, torch.Tensor]:
     attention_mask[1, 4:] = 0
     input_ids[1, 4:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([0, 1])}
+
+
+def params_with(**sections: dict) -> "Params":  # noqa: F821
+    """The committed params.yaml with some keys replaced, e.g. params_with(finetune={"steps": 7})."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from inflection_layers.config import parse_params
+
+    raw = copy.deepcopy(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text()))
+    for section, values in sections.items():
+        raw[section].update(values)
+    return parse_params(raw)
+
+
+def tiny_mpnet(num_layers: int = 3):
+    """A tiny random MPNetForSequenceClassification (hidden 32, 4 heads, vocab 99), eager attention."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    config = MPNetConfig(vocab_size=99, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4, intermediate_size=37,
+                         max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         pad_token_id=1, attn_implementation="eager")
+    torch.manual_seed(0)
+    return MPNetForSequenceClassification(config)

@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from inflection_layers.diagnostics import (
+    measure,
     ActivationGradRecorder,
     attention_entropy,
     encoder_parts,
@@ -134,14 +135,35 @@ def loss_grads(model: nn.Module, batch: dict[str, torch.Tensor], record: bool) -
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def per_token_reference(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.autograd.grad of the loss at every hidden state, reduced by hand: (mean over valid tokens, mean at token 0)."""
+    out = model(**batch, output_hidden_states=True)
+    grads = torch.autograd.grad(out.loss, out.hidden_states)  # L + 1 of (B, T, D)
+    valid = batch["attention_mask"].bool()
+    per_token = [g.norm(dim=-1) for g in grads]  # (B, T)
+    return torch.stack([n[valid].double().mean() for n in per_token]).float(), torch.stack([n[:, 0].double().mean() for n in per_token]).float()
+
+
 def test_recorder_matches_autograd(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
-    out = tiny_bert(**tiny_batch, output_hidden_states=True)
-    want = torch.stack([g.norm() for g in torch.autograd.grad(out.loss, out.hidden_states)])
+    want, want_cls = per_token_reference(tiny_bert, tiny_batch)
     with ActivationGradRecorder(tiny_bert) as rec:
         tiny_bert(**tiny_batch).loss.backward()
-    got = rec.norms()
+    got = rec.norms(tiny_batch["attention_mask"])
     assert got.shape == (4,)
-    torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(rec.cls_norms(), want_cls, rtol=1e-5, atol=0)
+
+
+def test_the_last_layer_is_averaged_over_tokens_like_every_other(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
+    """Only the first token of the last layer gets a gradient (the head reads it alone); its per-token
+    mean still divides by every valid token, as at every other layer, so it is not a [CLS]-only figure."""
+    with ActivationGradRecorder(tiny_bert) as rec:
+        tiny_bert(**tiny_batch).loss.backward()
+    mask = tiny_batch["attention_mask"]
+    n_valid, B = int(mask.sum()), mask.shape[0]
+    last = rec.norms(mask)[-1]
+    torch.testing.assert_close(last, rec.cls_norms()[-1] * B / n_valid, rtol=1e-5, atol=0)
+    assert (rec.norms(mask)[:-1] > 0).all()
 
 
 def test_recorder_keeps_param_grads(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
@@ -161,15 +183,14 @@ def test_recorder_with_frozen_encoder(tiny_bert: nn.Module, tiny_batch: dict[str
         out = tiny_bert(**tiny_batch)
         out.loss.backward()
     torch.testing.assert_close(out.logits, logits_ref, rtol=0, atol=0)
-    norms = rec.norms()
+    norms = rec.norms(tiny_batch["attention_mask"])
     assert norms.shape == (4,) and torch.isfinite(norms).all() and (norms > 0).all()
     assert set(param_grad_norms(tiny_bert)) == {"classifier"}
 
 
 def test_recorder_lifecycle(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
-    second = {k: v.flip(0) for k, v in tiny_batch.items()}
-    out = tiny_bert(**second, output_hidden_states=True)  # also installs HF's own (permanent) capture hooks
-    want = torch.stack([g.norm() for g in torch.autograd.grad(out.loss, out.hidden_states)])
+    second = {**tiny_batch, "labels": 1 - tiny_batch["labels"]}
+    want, _ = per_token_reference(tiny_bert, second)  # also installs HF's own (permanent) capture hooks
     emb, layers = encoder_parts(tiny_bert)
     n_hooks = lambda: len(emb._forward_hooks) + sum(len(m._forward_hooks) for m in layers)  # noqa: E731
     before = n_hooks()
@@ -177,17 +198,14 @@ def test_recorder_lifecycle(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Te
         with torch.no_grad():
             tiny_bert(**tiny_batch)  # no grad: records nothing, no error
         with pytest.raises(RuntimeError):
-            rec.norms()
+            rec.cls_norms()
         tiny_bert(**tiny_batch).loss.backward()
-        first = rec.norms()
+        first = rec.norms(tiny_batch["attention_mask"])
         tiny_bert(**second).loss.backward()
-        last = rec.norms()
+        last = rec.norms(second["attention_mask"])
         assert n_hooks() == before + 4
-        rec.reset()
-        with pytest.raises(RuntimeError):
-            rec.norms()
     assert not torch.equal(first, last)
-    torch.testing.assert_close(last, want.float(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(last, want, rtol=1e-5, atol=0)
     assert n_hooks() == before  # hooks removed on exit
 
 
@@ -231,6 +249,37 @@ def test_encoder_parts(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]
     assert emb_w is emb and layers_w is layers
     with ActivationGradRecorder(wrapped) as rec:  # LoRA: frozen embeddings, gradient still reaches all positions
         wrapped(**tiny_batch).loss.backward()
-    assert torch.isfinite(rec.norms()).all() and (rec.norms() > 0).all()
+    norms = rec.norms(tiny_batch["attention_mask"])
+    assert torch.isfinite(norms).all() and (norms > 0).all()
     with pytest.raises(ValueError, match="Linear"):
         encoder_parts(nn.Linear(2, 2))
+
+
+def test_measured_entropy_does_not_depend_on_dropout(tiny_batch: dict[str, torch.Tensor]) -> None:
+    """measure() runs in eval mode: a model with dropout 0.9, in train mode, gives the entropy of dropout 0."""
+    from conftest import tiny_config
+    from transformers import BertForSequenceClassification
+
+    results = []
+    for p in (0.0, 0.9):
+        config = tiny_config()
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = p
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config).train()
+        results.append(measure(model, tiny_batch))
+        assert model.training  # the mode is restored for the training step that follows
+    torch.testing.assert_close(results[0]["entropy"], results[1]["entropy"], rtol=0, atol=0)
+    torch.testing.assert_close(results[0]["act_grad"], results[1]["act_grad"], rtol=0, atol=0)
+
+
+def test_measure_switches_sdpa_to_eager_and_back(tiny_batch: dict[str, torch.Tensor]) -> None:
+    from conftest import tiny_config
+    from transformers import BertForSequenceClassification
+
+    config = tiny_config()
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    rec = measure(model, tiny_batch)
+    assert rec["entropy"].shape == (3, 4) and torch.isfinite(rec["entropy"]).all()
+    assert model.config._attn_implementation == "sdpa"

@@ -1,4 +1,5 @@
-"""Probes on synthetic data whose answer is known: separable, random, XOR; controls, splits, config checks."""
+"""Probes: the batched trainer (one independent probe per layer) learns what it should and nothing else;
+per-cell, per-layer shuffled controls; majority baseline; stratified split."""
 
 from __future__ import annotations
 
@@ -6,164 +7,82 @@ import numpy as np
 import pytest
 import torch
 
-from inflection_layers.probes import (
-    ProbeConfig,
-    make_probe,
-    majority_baseline,
-    probe_layers,
-    split_indices,
-    train_probe,
-)
+from conftest import params_with
+from inflection_layers.cells import Cell, Group
+from inflection_layers.probes import cell_seed, majority_baseline, probe_cell, split_indices, train_probes
 
-N, D = 400, 16
-LINEAR, MLP = ProbeConfig("linear"), ProbeConfig("mlp")
+P = params_with(probe={"epochs": 30, "hidden": 32, "batch_size": 32, "lr": 1e-2, "controls": 2}).probe
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on 2 busy cores are far faster single-threaded; restore the setting after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def separable(seed: int = 0, n: int = N, d: int = D) -> tuple[np.ndarray, np.ndarray]:
-    """Two Gaussian blobs 6 sigma apart along a random direction: (n, d) float32, (n,) labels."""
+def blobs(n: int, d: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    w = rng.normal(size=d)
-    X = rng.normal(size=(n, d)) + np.outer(2 * y - 1, 3 * w / np.linalg.norm(w))
-    return X.astype(np.float32), y
+    return rng.normal(size=(n, d)) + shift * y[:, None], y
 
 
-def xor(seed: int = 0, n: int = N, d: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Label = sign(x0) xor sign(x1), plus noise dimensions: no linear probe can beat chance."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d)).astype(np.float32)
-    return X, ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(np.int64)
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_separable_layers_are_probed_well_and_noise_layers_at_chance(kind: str) -> None:
+    X, y = blobs(300, 8, 3.0, 0)
+    noise = np.random.default_rng(1).normal(size=X.shape)
+    stack = np.stack([X, noise])  # (2 layers, N, D)
+    out = train_probes(stack[:, :200], np.tile(y[:200], (2, 1)), stack[:, 200:], y[200:], kind, P, seed=0)
+    assert out["accuracy"][0] > 0.9 and abs(out["accuracy"][1] - 0.5) < 0.2
 
 
-def fit(X, y, cfg, seed=0, n_train=300):
-    return train_probe(X[:n_train], y[:n_train], X[n_train:], y[n_train:], cfg, seed)
+def test_stacked_probes_equal_separate_ones() -> None:
+    """AdamW is elementwise: training two layers together gives what each would alone (same seed, linear, no dropout)."""
+    X, y = blobs(120, 4, 1.0, 2)
+    Z, _ = blobs(120, 4, 0.5, 3)
+    both = train_probes(np.stack([X, Z])[:, :80], np.tile(y[:80], (2, 1)), np.stack([X, Z])[:, 80:], y[80:], "linear", P, seed=5)
+    alone = train_probes(X[None, :80], y[None, :80], X[None, 80:], y[80:], "linear", P, seed=5)
+    assert both["accuracy"][0] == pytest.approx(alone["accuracy"][0], abs=0.05)
 
 
-@pytest.mark.parametrize("cfg", [LINEAR, MLP, ProbeConfig("linear", standardize=False)])
-def test_separable_data_is_probed_well(cfg):
-    res = fit(*separable(), cfg)
-    assert set(res) == {"accuracy", "train_accuracy", "loss"}
-    assert res["accuracy"] >= 0.95 and res["train_accuracy"] >= 0.95
-    assert 0 <= res["loss"] < 0.3
+def test_mlp_beats_linear_on_xor() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(600, 2))
+    y = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(int)
+    p = params_with(probe={"epochs": 80, "hidden": 32, "batch_size": 32, "lr": 1e-2, "dropout": 0.0}).probe
+    lin = train_probes(X[None, :400], y[None, :400], X[None, 400:], y[400:], "linear", p, seed=0)
+    mlp = train_probes(X[None, :400], y[None, :400], X[None, 400:], y[400:], "mlp", p, seed=0)
+    assert mlp["accuracy"][0] > 0.85 > lin["accuracy"][0] + 0.15
 
 
-@pytest.mark.parametrize("cfg", [LINEAR, MLP])
-def test_random_labels_give_chance_on_eval(cfg):
-    X, _ = separable()
-    y = np.random.default_rng(1).integers(0, 2, N)
-    res = fit(X, y, cfg, n_train=200)  # 200 eval examples
-    assert 0.3 <= res["accuracy"] <= 0.7
-
-
-def test_mlp_beats_linear_on_xor():
-    X, y = xor()
-    lin, mlp = fit(X, y, LINEAR), fit(X, y, ProbeConfig("mlp", epochs=40))
-    assert lin["accuracy"] <= 0.7
-    assert mlp["accuracy"] >= 0.85
-    assert mlp["accuracy"] - lin["accuracy"] >= 0.2
-
-
-@pytest.mark.parametrize("cfg", [LINEAR, MLP])
-def test_same_seed_same_result_and_no_global_rng_side_effect(cfg):
-    X, y = xor()
+def test_same_seed_same_result_and_no_global_rng_side_effect() -> None:
+    X, y = blobs(100, 4, 1.0, 4)
     torch.manual_seed(123)
-    before = torch.rand(1)
-    torch.manual_seed(123)
-    a = fit(X, y, cfg, seed=7, n_train=200)
-    after = torch.rand(1)
-    assert a == fit(X, y, cfg, seed=7, n_train=200)
-    assert torch.equal(before, after)  # training did not consume the global RNG
-    b = fit(X, y, cfg, seed=8, n_train=200)
-    assert set(b) == set(a)  # a different seed may or may not differ; it must still run
+    state = torch.get_rng_state()
+    a = train_probes(X[None, :70], y[None, :70], X[None, 70:], y[70:], "mlp", P, seed=7)
+    assert torch.equal(state, torch.get_rng_state())
+    b = train_probes(X[None, :70], y[None, :70], X[None, 70:], y[70:], "mlp", P, seed=7)
+    np.testing.assert_array_equal(a["accuracy"], b["accuracy"])
 
 
-def test_float16_input_and_constant_feature():
-    X, y = separable()
-    X[:, 3] = 5.0  # constant column: std 0 must not give nan
-    X[:, 5] *= 1000.0  # a huge outlier dimension, as in BERT [CLS]
-    res = fit(X.astype(np.float16), y, LINEAR)
-    assert all(np.isfinite(v) for v in res.values())
-    assert res["accuracy"] >= 0.9
-
-
-@pytest.mark.parametrize("kind, n_params", [("linear", 16 * 3 + 3), ("mlp", 16 * 768 + 768 + 768 * 3 + 3)])
-def test_make_probe_shapes(kind, n_params):
-    probe = make_probe(16, 3, ProbeConfig(kind))
-    assert probe(torch.zeros(5, 16)).shape == (5, 3)
-    assert sum(p.numel() for p in probe.parameters()) == n_params
-
-
-@pytest.mark.parametrize(
-    "y_train, y_eval, expected",
-    [
-        ([0, 1, 1, 1], [1, 1, 0, 0], 0.5),
-        ([2, 2, 0], [2, 2, 2, 1], 0.75),
-        ([0, 1], [1, 1, 0], 1 / 3),  # tie: smallest label
-        ([1, 1], [0, 0], 0.0),
-    ],
-)
-def test_majority_baseline(y_train, y_eval, expected):
+@pytest.mark.parametrize(("y_train", "y_eval", "expected"), [([0, 0, 1], [0, 1, 1, 1], 0.25), ([1, 1, 0], [1, 0], 0.5), ([0, 1], [0, 0, 1], 2 / 3)])
+def test_majority_baseline(y_train: list[int], y_eval: list[int], expected: float) -> None:
     assert majority_baseline(np.array(y_train), np.array(y_eval)) == pytest.approx(expected)
 
 
-def test_probe_layers_rows_and_shuffled_control():
-    X, y = separable(n=240, d=8)
-    noise = np.random.default_rng(2).normal(size=X.shape).astype(np.float32)
-    reps = np.stack([noise, X, X])  # (L=3, N, D): layer 0 carries no signal
-    tr, ev = split_indices(240, 160, 80, seed=0, stratify=y)
-    cfgs = [ProbeConfig("linear", epochs=10), ProbeConfig("mlp", epochs=10)]
-    rows = probe_layers(reps, y, tr, ev, cfgs, seed=0)
-    assert len(rows) == 3 * (2 * 2 + 1)
-    assert all(set(r) == {"layer", "probe", "accuracy", "train_accuracy"} for r in rows)
-    acc = {(r["layer"], r["probe"]): r["accuracy"] for r in rows}
-    assert {p for _, p in acc} == {"linear", "mlp", "linear_shuffled", "mlp_shuffled", "majority"}
-    for kind in ("linear", "mlp"):
-        assert acc[(1, kind)] >= 0.95
-        assert acc[(1, kind)] - acc[(1, f"{kind}_shuffled")] >= 0.25
-        assert acc[(0, kind)] <= 0.7
-    assert acc[(2, "majority")] == pytest.approx(majority_baseline(y[tr], y[ev]))
-    assert len(probe_layers(reps[:1], y, tr, ev, cfgs[:1], seed=0, control=False)) == 2
-    with pytest.raises(ValueError, match="unique"):
-        probe_layers(reps, y, tr, ev, [LINEAR, LINEAR], seed=0)
+def test_probe_cell_rows_controls_and_constant_layers() -> None:
+    X, y = blobs(150, 6, 2.0, 6)
+    reps = np.stack([np.tile(X[:1], (150, 1)), X, X * 2]).astype(np.float16)  # layer -1 constant: skipped
+    tr, ev = split_indices(y, 0.67, 0)
+    rows = probe_cell(reps, y, tr, ev, P, shuffle_seed=11)
+    assert {r["layer"] for r in rows} == {0, 1}
+    assert {r["metric"] for r in rows} == {"linear", "mlp", "linear_shuffled", "mlp_shuffled", "majority"}
+    by = {(r["layer"], r["metric"]): r["value"] for r in rows}
+    assert by[(0, "linear")] > 0.85 and by[(0, "linear_shuffled")] < 0.75
+    assert rows == probe_cell(reps, y, tr, ev, P, shuffle_seed=11)  # fixed seeds: reproducible
 
 
-@pytest.mark.parametrize("stratify", [False, True])
-def test_split_indices(stratify):
-    y = np.array([0] * 300 + [1] * 100)
-    tr, ev = split_indices(400, 200, 100, seed=3, stratify=y if stratify else None)
-    assert len(tr) == 200 and len(ev) == 100 and not set(tr) & set(ev)
-    assert np.all(np.diff(tr) > 0) and np.all(np.diff(ev) > 0)
-    if stratify:
-        assert y[tr].mean() == pytest.approx(0.25) and y[ev].mean() == pytest.approx(0.25)
-    again = split_indices(400, 200, 100, seed=3, stratify=y if stratify else None)
-    assert np.array_equal(tr, again[0]) and np.array_equal(ev, again[1])
+def test_each_cell_gets_its_own_shuffled_labellings() -> None:
+    a = Cell(Group("rt", "over", 42), "full")
+    b = Cell(Group("rt", "under", 42), "full")
+    assert cell_seed(a, 0) != cell_seed(b, 0) and cell_seed(a, 0) == cell_seed(a, 0)
 
 
-def test_split_indices_too_large():
-    with pytest.raises(ValueError, match=r"train_size=300.*eval_size=200.*n=400"):
-        split_indices(400, 300, 200, seed=0)
-
-
-@pytest.mark.parametrize(
-    "kwargs, field",
-    [
-        ({"kind": "svm"}, "kind"),
-        ({"kind": "linear", "epochs": 0}, "epochs"),
-        ({"kind": "mlp", "dropout": 1.0}, "dropout"),
-        ({"kind": "mlp", "lr": 0.0}, "lr"),
-        ({"kind": "mlp", "lr": -1e-3}, "lr"),
-        ({"kind": "mlp", "batch_size": 0}, "batch_size"),
-    ],
-)
-def test_probe_config_validation(kwargs, field):
-    with pytest.raises(ValueError, match=rf"ProbeConfig\.{field}="):
-        ProbeConfig(**kwargs)
+def test_split_indices_are_disjoint_and_stratified() -> None:
+    y = np.array([0] * 60 + [1] * 40)
+    tr, ev = split_indices(y, 0.7, 0)
+    assert len(tr) == 70 and len(ev) == 30 and not set(tr) & set(ev)
+    assert y[tr].mean() == pytest.approx(0.4, abs=0.02)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import pandas as pd
+
+from inflection_layers.cells import Group
+from inflection_layers.config import Ski
 from inflection_layers.select import (
     cap_band,
+    complement,
+    draw_rng,
     greedy_centers,
     local_maxima,
-    random_band,
+    random_bands,
     select_band,
+    select_group,
     ski_scores,
+    top_k,
     widen,
 )
 
@@ -174,19 +182,64 @@ def test_select_band_unknown_method():
         select_band(H6, G6, method="argmax", alpha=0.5, s=1, threshold=0.5, max_band=None)
 
 
-@pytest.mark.parametrize("num_layers, size, seed", [(12, 3, 0), (12, 12, 1), (1, 1, 2), (24, 5, 123)])
-def test_random_band(num_layers, size, seed):
-    band = random_band(num_layers, size, seed)
-    assert band == random_band(num_layers, size, seed)  # deterministic for a seed
-    assert len(band) == len(set(band)) == size and band == sorted(band)
-    assert all(isinstance(i, int) and 0 <= i < num_layers for i in band)
+def test_the_paper_greedy_rule_reproduces_its_band_on_a_12_layer_profile():
+    """Section 5 as the paper runs it: entropy minimum at layer 5, the first normalised activation
+    gradient below 0.25 at layer 0, each widened by +-1, no cap -> {0, 1, 4, 5, 6}."""
+    entropy = np.array([2.0, 1.9, 1.8, 1.6, 1.3, 1.1, 1.2, 1.5, 1.7, 1.8, 1.9, 2.0])  # minimum at 5
+    act_grad = np.array([0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.9, 0.8, 0.7, 0.6])  # 0.2 / 1.0 < 0.25 at layer 0
+    out = select_band(entropy, act_grad, method="greedy", alpha=0.5, s=1, threshold=0.25, max_band=None)
+    assert out["candidates"] == [0, 5] and out["band"] == [0, 1, 4, 5, 6]
 
 
-def test_random_band_seed_changes_draw():
-    assert len({tuple(random_band(12, 3, seed)) for seed in range(10)}) > 1
+def _group(regime: str = "over", target: str = "rt", seed: int = 42) -> Group:
+    return Group(target, regime, seed)
 
 
-@pytest.mark.parametrize("num_layers, size", [(12, 0), (12, 13), (0, 1), (3, -1)])
-def test_random_band_invalid(num_layers, size):
-    with pytest.raises(ValueError, match="size"):
-        random_band(num_layers, size, 0)
+@pytest.mark.parametrize("num_layers, band, draws", [(12, [0, 1, 4, 5, 6], 5), (12, [4, 5, 6], 5), (6, [4, 5], 5), (24, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 5)])
+def test_random_bands_are_disjoint_from_the_band_where_the_depth_allows(num_layers, band, draws):
+    rand = random_bands(num_layers, band, draws, draw_rng(_group()))
+    assert len(rand) == draws and len({tuple(r["layers"]) for r in rand}) == draws  # distinct draws
+    for r in rand:
+        assert len(r["layers"]) == len(band) and r["overlap"] == 0 and not set(r["layers"]) & set(band)
+        assert all(isinstance(i, int) and 0 <= i < num_layers for i in r["layers"])
+
+
+def test_random_bands_keep_a_contiguous_band_contiguous_when_enough_such_bands_exist():
+    rand = random_bands(12, [4, 5, 6], 5, draw_rng(_group()))
+    assert all(r["contiguous"] and r["tier"] == "disjoint, same shape" for r in rand)
+
+
+def test_random_bands_relax_shape_then_overlap_and_say_so():
+    # 6 layers and a band of 3: one disjoint band exists (the other three layers); the rest must overlap
+    rand = random_bands(6, [3, 4, 5], 5, draw_rng(_group()))
+    assert rand[0]["layers"] == [0, 1, 2] and rand[0]["overlap"] == 0
+    assert [r["overlap"] for r in rand[1:]] == [1, 1, 1, 1] and all("overlaps the band in 1" in r["tier"] for r in rand[1:])
+    assert all(r["layers"] != [3, 4, 5] for r in rand)  # never the band itself
+
+
+def test_random_bands_differ_between_regimes_and_are_deterministic():
+    over = random_bands(12, [4, 5, 6], 5, draw_rng(_group("over")))
+    under = random_bands(12, [4, 5, 6], 5, draw_rng(_group("under")))
+    assert over == random_bands(12, [4, 5, 6], 5, draw_rng(_group("over"))) and over != under
+
+
+@pytest.mark.parametrize("values, k, expected", [([0.1, 0.5, 0.5, 0.2], 2, [1, 2]), ([3.0, 1.0, 2.0], 1, [0]), ([0.0, 0.0, 0.0], 2, [0, 1])])
+def test_top_k(values, k, expected):
+    assert top_k(np.array(values), k) == expected
+
+
+@pytest.mark.parametrize("band, scores, expected", [([4, 5], [0.1, 0.3, 0.2, 0.0, 0.9, 0.8], [0, 3]), ([0, 1, 2, 3], [0.5, 0.5, 0.5, 0.5, 0.1, 0.2], [4, 5])])
+def test_complement_takes_the_lowest_scoring_layers_outside_the_band(band, scores, expected):
+    assert complement(band, np.array(scores)) == expected
+
+
+def test_select_group_gives_every_band_at_the_band_size():
+    layers = [{"layer": l, "metric": m, "value": v} for l in range(6) for m, v in
+              (("entropy", H6[l]), ("act_grad", G6[l]), ("rgn", [0.1, 0.2, 0.9, 0.3, 0.8, 0.4][l]), ("io_change", [0.5, 0.1, 0.2, 0.3, 0.4, 0.6][l]))]
+    layers.append({"layer": -1, "metric": "act_grad", "value": 9.0})
+    p = Ski(method="local_max", alpha=0.5, s=1, threshold=0.25, max_band=None, random_draws=3)
+    result, table = select_group(pd.DataFrame(layers), p, _group())
+    assert result["band"] == [2, 3, 4] and result["rgn"] == [2, 4, 5] and result["cka"] == [0, 4, 5]
+    assert result["complement"] == [0, 1, 5] or len(result["complement"]) == 3
+    assert len(result["random"]) == 3 and result["random_disjoint"] == 1
+    assert list(table["in_band"]) == [0, 0, 1, 1, 1, 0]

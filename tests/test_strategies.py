@@ -1,4 +1,5 @@
-"""Strategies on a tiny random BERT: exact trainable names and counts, LoRA layer mapping, one step, paired batches."""
+"""Strategies on tiny random BERT and MPNet models: exact trainable names and counts, LoRA layer mapping per
+architecture, one step changes only what is trainable, and every strategy sees the same batches."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification
 
-from conftest import tiny_config
-from inflection_layers.config import Finetune, Lora, Params
-from inflection_layers.finetune import train
-from inflection_layers.strategies import apply_strategy, targeted_modules, trainable_parameters
+from conftest import params_with, tiny_config, tiny_mpnet
+from inflection_layers.config import Lora
+from inflection_layers.finetune import GroupData, train_cell
+from inflection_layers.precision import Precision
+from inflection_layers.strategies import apply_strategy, lora_layers, targeted_modules, trainable_parameters
+from inflection_layers.training import batch_stream
 
 H, I, L = 32, 37, 3  # tiny_config: hidden, intermediate, layers
 CLASSIFIER = H * 2 + 2
@@ -17,6 +20,8 @@ POOLER = H * H + H
 LAYER = 4 * (H * H + H) + (H * I + I) + (I * H + H) + 2 * 2 * H  # q, k, v, attn-out; FFN in, out; 2 LayerNorms
 LAYER_BIASES = 4 * H + I + H + 2 * H  # q, k, v, attn-out, FFN in, FFN out, LayerNorm biases
 EMB_BIASES = H  # embeddings LayerNorm bias
+MPNET_HEAD = H * H + H + H * 2 + 2  # dense + out_proj
+LORA = Lora(rank=2, alpha=4, dropout=0.0, targets=["query", "key", "value"], lr=1e-3)
 
 
 def lora_per_layer(r: int, hidden: int, targets: int = 3) -> int:
@@ -24,10 +29,10 @@ def lora_per_layer(r: int, hidden: int, targets: int = 3) -> int:
     return targets * r * 2 * hidden
 
 
-def build(strategy: str, layers: list[int] | None = None, r: int = 2) -> torch.nn.Module:
+def build(strategy: str, layers: list[int] | None = None, arch: str = "bert") -> torch.nn.Module:
     torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_config(L))
-    return apply_strategy(model, strategy, shallow_k=2, lora=Lora(rank=r, alpha=4, dropout=0.0), layers=layers)
+    model = BertForSequenceClassification(tiny_config(L)) if arch == "bert" else tiny_mpnet(L)
+    return apply_strategy(model, strategy, shallow_k=2, lora=LORA, layers=layers)
 
 
 @pytest.mark.parametrize(
@@ -39,11 +44,32 @@ def build(strategy: str, layers: list[int] | None = None, r: int = 2) -> torch.n
         ("bitfit", None, L * LAYER_BIASES + EMB_BIASES + H + CLASSIFIER),  # + pooler bias
         ("lora_selective", [0, 2], 2 * lora_per_layer(2, H) + CLASSIFIER),
         ("lora_all", [0, 1, 2], 3 * lora_per_layer(2, H) + CLASSIFIER),
-        ("lora_random", [1], lora_per_layer(2, H) + CLASSIFIER),
+        ("lora_random_3", [1], lora_per_layer(2, H) + CLASSIFIER),
+        ("lora_complement", [1], lora_per_layer(2, H) + CLASSIFIER),
+        ("lora_rgn", [0], lora_per_layer(2, H) + CLASSIFIER),
+        ("lora_cka", [2], lora_per_layer(2, H) + CLASSIFIER),
     ],
 )
-def test_exact_trainable_counts(strategy: str, layers: list[int] | None, expected: int) -> None:
+def test_exact_trainable_counts_bert(strategy: str, layers: list[int] | None, expected: int) -> None:
     assert sum(trainable_parameters(build(strategy, layers)).values()) == expected
+
+
+@pytest.mark.parametrize(
+    ("strategy", "layers", "expected"),
+    [
+        ("head", None, MPNET_HEAD),
+        ("shallow", None, 2 * LAYER + MPNET_HEAD),  # no pooler in MPNet
+        ("lora_selective", [0, 2], 2 * lora_per_layer(2, H) + MPNET_HEAD),
+        ("lora_all", [0, 1, 2], 3 * lora_per_layer(2, H) + MPNET_HEAD),
+    ],
+)
+def test_exact_trainable_counts_mpnet(strategy: str, layers: list[int] | None, expected: int) -> None:
+    assert sum(trainable_parameters(build(strategy, layers, "mpnet")).values()) == expected
+
+
+def test_mpnet_lora_adapts_q_k_v_of_the_band() -> None:
+    model = build("lora_selective", [0, 2], "mpnet")
+    assert targeted_modules(model) == sorted(f"mpnet.encoder.layer.{l}.attention.attn.{m}" for l in (0, 2) for m in "qkv")
 
 
 def test_full_trains_everything() -> None:
@@ -75,16 +101,24 @@ def test_lora_band_maps_to_layer_indices(layers: list[int]) -> None:
     }
 
 
+def test_lora_layers_come_from_the_selection() -> None:
+    selection = {"band": [1, 2], "complement": [0, 3], "rgn": [3, 5], "cka": [0, 5], "random": [{"layers": [4, 5]}, {"layers": [0, 1]}]}
+    assert lora_layers("lora_selective", 6, selection) == [1, 2]
+    assert lora_layers("lora_all", 6, selection) == [0, 1, 2, 3, 4, 5]
+    assert lora_layers("lora_random_1", 6, selection) == [0, 1]
+    assert (lora_layers("lora_complement", 6, selection), lora_layers("lora_rgn", 6, selection), lora_layers("lora_cka", 6, selection)) == ([0, 3], [3, 5], [0, 5])
+
+
 def test_lora_on_minilm_shape_counts_9216_per_layer() -> None:
     """MiniLM-L6 (hidden 384), r = 4 on q, k, v: 9,216 per adapted layer; BERT-base's 5 layers: 92,160."""
     cfg = tiny_config(2)
     cfg.hidden_size, cfg.num_attention_heads = 384, 12
-    model = apply_strategy(BertForSequenceClassification(cfg), "lora_selective", lora=Lora(rank=4), layers=[1])
+    model = apply_strategy(BertForSequenceClassification(cfg), "lora_selective", shallow_k=2, lora=Lora(rank=4, alpha=16, dropout=0.05, targets=["query", "key", "value"], lr=1e-3), layers=[1])
     assert sum(trainable_parameters(model).values()) == 9_216 + (384 * 2 + 2)
     assert 5 * lora_per_layer(4, 768) == 92_160
 
 
-@pytest.mark.parametrize(("strategy", "layers"), [("lora_selective", []), ("lora_all", None), ("lora_random", [3]), ("unknown", None)])
+@pytest.mark.parametrize(("strategy", "layers"), [("lora_selective", []), ("lora_all", None), ("lora_random_0", [3]), ("unknown", None)])
 def test_bad_strategy_arguments(strategy: str, layers: list[int] | None) -> None:
     with pytest.raises(ValueError):
         build(strategy, layers)
@@ -108,17 +142,19 @@ def test_one_step_changes_only_trainable_parameters(strategy: str, layers: list[
 
 
 def test_every_strategy_sees_the_same_batches_in_the_same_order() -> None:
-    """The paired design: the batch stream of a seed does not depend on the strategy."""
+    """The paired design: the batch stream of a group does not depend on the strategy."""
     g = torch.Generator().manual_seed(0)
     ids = [torch.randint(5, 99, (int(n),), generator=g).tolist() for n in torch.randint(3, 12, (40,), generator=g)]
     labels = [i % 2 for i in range(40)]
-    params = Params(finetune=Finetune(steps=7, batch_size=4, diag_every=3))
+    params = params_with(finetune={"steps": 7, "batch_size": 4, "diag_every": 3})
+    data = GroupData(ids, labels, batch_stream([len(x) for x in ids], 4, 42, 7), None, [], 0)
     seen: dict[str, list[torch.Tensor]] = {}
-    for strategy, layers in (("head", None), ("full", None), ("lora_selective", [1])):
+    for strategy, layers in (("bitfit", None), ("full", None), ("lora_selective", [1])):
         model = build(strategy, layers)
         seen[strategy] = []
-        model.register_forward_pre_hook(lambda m, a, kw: seen[strategy].append(kw["input_ids"].clone()) or None, with_kwargs=True)
-        train(model, params, ids, labels, pad=0, seed=42, lora="lora" in strategy, device=torch.device("cpu"), desc=strategy)
-    assert len(seen["head"]) == 7
-    for other in ("full", "lora_selective"):
-        assert all(torch.equal(a, b) for a, b in zip(seen["head"], seen[other], strict=True))
+        model.register_forward_pre_hook(lambda m, a, kw, s=strategy: seen[s].append(kw["input_ids"].clone()) or None, with_kwargs=True)
+        records, curve, tokens = train_cell(model, params, data, torch.device("cpu"), Precision("fp32", "cpu", "test"), 1e-3, strategy)
+        assert len(records) == 3 and [c["step"] for c in curve] == [0, 3, 6]
+    assert len(seen["full"]) == 7 + 3  # 7 training steps and 3 diagnostic measurements (steps 0, 3, 6)
+    for other in ("bitfit", "lora_selective"):
+        assert all(torch.equal(a, b) for a, b in zip(seen["full"], seen[other], strict=True))

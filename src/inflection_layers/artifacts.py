@@ -19,7 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from inflection_layers.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -105,43 +108,79 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> None:
         df.to_csv(tmp, index=False)
 
 
+def writer_of(path: str | Path, lock: str | Path = "dvc.lock") -> str | None:
+    """The stage of dvc.lock whose outputs hold `path` (a file, or a file inside an output folder); None if unknown."""
+    try:
+        import yaml
+
+        stages = (yaml.safe_load(Path(lock).read_text()) or {}).get("stages", {})
+    except (OSError, ValueError):
+        return None
+    target = Path(path).as_posix()
+    for name, stage in stages.items():
+        for out in stage.get("outs", []):
+            o = str(out.get("path", "")).rstrip("/")
+            if target == o or target.startswith(o + "/"):
+                return name
+    return None
+
+
+def _damaged(path: Path, what: str, detail: str) -> InputError:
+    stage = writer_of(path)
+    rerun = f"rerun `dvc repro -f {stage}`" if stage else "rerun the stage that writes it"
+    return InputError(f"{path}: {what} ({detail}); it is written by {f'stage {stage}' if stage else 'an earlier stage'}: {rerun}")
+
+
+def _missing(path: Path) -> InputError:
+    stage = writer_of(path)
+    return InputError(f"{path}: missing; it is written by {f'stage {stage}: run `dvc repro {stage}`' if stage else 'an earlier stage: run `dvc repro`'}")
+
+
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a prepared split, with a clear error when it is missing or corrupt."""
+    """Read a parquet artifact; a missing, truncated or corrupt file is an InputError naming it and its stage."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run `dvc repro prepare` first")
+        raise _missing(path)
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several types for truncated files
-        raise ValueError(f"{path}: truncated or corrupt parquet file ({type(e).__name__}: {e}); rerun the stage that writes it") from e
+        raise _damaged(path, "truncated or corrupt parquet file", f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     if columns is not None and not set(columns) <= set(df.columns):
-        raise ValueError(f"{path}: expected columns {columns}, found {list(df.columns)}")
+        raise _damaged(path, "unexpected columns", f"expected {columns}, found {list(df.columns)}")
+    return df
+
+
+def read_csv(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a CSV artifact (tidy tables, DVC plot data), with the same checks as :func:`read_parquet`."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        df = pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise _damaged(path, "truncated or corrupt CSV file", f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+    if columns is not None and not set(columns) <= set(df.columns):
+        raise _damaged(path, "unexpected columns", f"expected {columns}, found {list(df.columns)}")
     return df
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON artifact, with an error naming the file when it is missing, truncated or corrupt."""
+    """Read a JSON artifact; a missing, truncated or corrupt file is an InputError naming it and its stage."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; rerun the stage that writes it")
+        raise _missing(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: truncated or corrupt JSON file ({e}); rerun the stage that writes it") from e
+        raise _damaged(path, "truncated or corrupt JSON file", str(e)) from e
 
 
-def cell_dirs(roots: list[Path], cells: list[tuple[str, str, int]], files: list[str]) -> list[Path]:
-    """The folders <root>/<regime>-<seed>/<strategy> of `cells` (each in one of `roots`), after checking each holds `files`.
-
-    `finetune` writes the plain strategies under models/finetune, `finetune_lora` the LoRA ones under
-    models/finetune_lora; this finds a cell in whichever root holds it.
-    """
-    dirs = []
-    for r, s, seed in cells:
-        found = [Path(root) / f"{r}-{seed}" / s for root in roots if (Path(root) / f"{r}-{seed}" / s).is_dir()]
-        d = found[0] if found else Path(roots[0]) / f"{r}-{seed}" / s
-        for name in files:
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d / name}: missing; run `dvc repro finetune finetune_lora` first")
-        dirs.append(d)
-    return dirs
+def read_npy(path: str | Path) -> np.ndarray:
+    """Read a saved array (no pickles), with the same checks as :func:`read_json`."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise _damaged(path, "truncated or corrupt array file", str(e).splitlines()[0] if str(e) else type(e).__name__) from e

@@ -1,22 +1,27 @@
-"""Benchmark (not a test): our fine-tuning step against a plain Trainer-style step, and the cost of diagnostics.
+"""Benchmark (not a test): the fine-tuning engine's choices, each measured side by side in one run on this machine.
 
-Run from the repository root after `dvc repro prepare`:  python -m inflection_layers.benchmark
-It prints, from one run on the same model and data, side by side:
-  (a) real (non-pad) tokens per second of our step (length-bucketed batches, dynamic padding, fused
-      AdamW) against a straightforward Hugging Face Trainer-style step (random batches padded to
-      `model.max_length`, eager attention, foreach AdamW);
-  (b) step time with diagnostics (attention entropy + activation-gradient hooks, backward through
-      every layer) against without, for `full` and `lora_selective` on layers [2, 4, 5];
-  (c) with --dvc, the wall time of a no-op `dvc repro` and the number of stages it ran;
-  (d) on CPU, bf16 autocast against fp32 (step time, and the loss difference on the same batch);
-  (e) why the fine-tuning stages run their cells one after the other with every thread: the same
-      two cells in two parallel processes, each with an equal share of the threads, for comparison.
+Run from the repository root after `dvc repro prepare`:  python -m inflection_layers.benchmark [--base] [--dvc]
+It prints, on the same model, data and batches:
+  (a) precision: a training step in bf16 autocast against fp32, with the loss difference, and what
+      `model.precision: auto` resolves to here (and why);
+  (b) attention kernel: SDPA against eager, for a training step and for evaluation;
+  (c) frozen encoder: the `head` strategy on features computed once against recomputing the encoder
+      at every step;
+  (d) diagnostics: a step with the eval-mode measurement (entropy, gradient norms) against without;
+  (e) the total: real (non-pad) tokens per second of one group's fine-tuning work (none, head, full,
+      shallow, lora_selective: training and evaluation) with this engine against the previous engine
+      (eager attention everywhere, fp32, the encoder recomputed for `head`), alternated in one run;
+  (f) with --base, a training step of the 12-layer base encoder (packaged-base) beside MiniLM's, in fp32
+      and bf16;
+  (g) with --dvc, the wall time of a no-op `dvc repro` and the number of stages it ran.
+torch.compile was measured by hand on a 2-core AMD EPYC (AVX2): 114 s to compile, then 1.17x per step;
+it does not pay for itself within a stage, so the engine does not use it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import re
 import statistics
 import subprocess
@@ -26,143 +31,169 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
+import torch.nn.functional as F
 
 from inflection_layers.artifacts import read_parquet
 from inflection_layers.config import load_params
 from inflection_layers.diagnostics import measure
-from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
+from inflection_layers.errors import run_main
+from inflection_layers.modeling import arch, load_model, load_tokenizer, pick_device, seed_everything
+from inflection_layers.precision import Precision, cpu_info, resolve
 from inflection_layers.strategies import apply_strategy
-from inflection_layers.training import bucketed_batches, collate, make_optimizer, to_device, tokenize
+from inflection_layers.training import batch_stream, collate, make_optimizer, make_scheduler, predict, probe_step, to_device, tokenize, train_step
+
+FP32 = Precision("fp32", "cpu", "benchmark")
+BF16 = Precision("bf16", "cpu", "benchmark")
 
 
-def timed(step: Callable[[int], int], n: int, warmup: int = 2) -> tuple[float, int]:
-    """Median seconds per call of step(i) over n calls after `warmup`, and the real tokens processed."""
+def median_time(fn: Callable[[int], None], n: int, warmup: int = 2) -> float:
+    """Median seconds per call of fn(i) over n calls after `warmup` calls."""
     for i in range(warmup):
-        step(i)
-    times, tokens = [], 0
+        fn(i)
+    times = []
     for i in range(warmup, warmup + n):
         t0 = time.perf_counter()
-        tokens += step(i)
+        fn(i)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), tokens // n
+    return statistics.median(times)
 
 
-def padded_batches(n_examples: int, batch_size: int, seed: int) -> list[np.ndarray]:
-    """Trainer-style: uniformly shuffled batches, no length grouping."""
-    order = np.random.default_rng(seed).permutation(n_examples)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+class Bench:
+    """One model, tokenised RT data and one batch stream, shared by every comparison."""
 
+    def __init__(self, model_name: str, data: Path, steps: int, batch_size: int, lora) -> None:
+        self.device = pick_device()
+        self.name, self.lora, self.steps = model_name, lora, steps
+        rt = read_parquet(data / "rt_train.parquet", ["text", "label"])
+        ev = read_parquet(data / "rt_validation.parquet", ["text", "label"])
+        self.tokenizer = load_tokenizer(model_name)
+        self.ids, self.labels = tokenize(self.tokenizer, rt["text"], 128), rt["label"].tolist()
+        self.eval_ids = tokenize(self.tokenizer, ev["text"], 128)[:256]
+        self.pad = self.tokenizer.pad_token_id
+        self.stream = batch_stream([len(x) for x in self.ids], batch_size, 0, steps + 2)
 
-def cell_steps(model_name: str, ids: list[list[int]], labels: list[int], pad: int, batch_size: int, steps: int, threads: int) -> float:
-    """Seconds for `steps` full fine-tuning steps of a fresh model with `threads` torch threads (one cell's work)."""
-    torch.set_num_threads(threads)
-    seed_everything(0)
-    model = load_model(model_name).train()
-    opt = make_optimizer(model, 2e-5, 0.01)
-    batches = bucketed_batches([len(x) for x in ids], batch_size, seed=0, epoch=0)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        model(**collate(ids, batches[i], pad, labels)).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
-
-
-def main() -> None:
-    """Print the side-by-side comparisons."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
-    parser.add_argument("--dvc", action="store_true", help="also time a no-op `dvc repro` (after a complete run)")
-    args = parser.parse_args()
-    params = load_params()
-    device = pick_device()
-    p = params.finetune
-    rt = read_parquet(args.data / "rt_train.parquet", ["text", "label"])
-    tokenizer = load_tokenizer(params.model.name)
-    ids = tokenize(tokenizer, rt["text"], params.model.max_length)
-    labels = rt["label"].tolist()
-    pad = tokenizer.pad_token_id
-
-    def fresh(strategy: str = "full") -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def model(self, strategy: str = "full", attn: str | None = None) -> torch.nn.Module:
         seed_everything(0)
-        model = load_model(params.model.name)
-        model = apply_strategy(model, strategy, lora=params.lora, layers=[2, 4, 5] if strategy.startswith("lora") else None).to(device).train()
-        return model, make_optimizer(model, p.lr, p.weight_decay)
+        model = load_model(self.name, attn=attn)
+        layers = [2, 4, 5] if strategy.startswith("lora") else None
+        return apply_strategy(model, strategy, shallow_k=2, lora=self.lora, layers=layers).to(self.device).train()
 
-    def stepper(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[np.ndarray], pad_to: int | None, diag: bool) -> Callable[[int], int]:
-        def step(i: int) -> int:
-            batch = collate(ids, batches[i % len(batches)], pad, labels)
-            if pad_to is not None:  # pad every batch to the maximum length, as `padding="max_length"` does
-                extra = pad_to - batch["input_ids"].shape[1]
-                batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, extra), value=pad)
-                batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0)
-            batch = to_device(batch, device)
+    def batch(self, i: int) -> dict[str, torch.Tensor]:
+        return to_device(collate(self.ids, self.stream[i % len(self.stream)], self.pad, self.labels), self.device)
+
+    def stepper(self, model: torch.nn.Module, precision: Precision, diag: bool = False) -> Callable[[int], None]:
+        opt = make_optimizer(model, 2e-5, 0.01)
+        sched = make_scheduler(opt, "constant", 10**6, 0.0)
+
+        def step(i: int) -> None:
+            batch = self.batch(i)
             if diag:
                 measure(model, batch)
-            else:
-                model(**batch).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return int(batch["attention_mask"].sum())
+                opt.zero_grad(set_to_none=True)
+            train_step(lambda b: model(**b).loss, batch, opt, sched, precision=precision, max_grad_norm=1.0, step=i)
 
         return step
 
-    print(f"device {device.type}, threads {torch.get_num_threads()}, model {params.model.name}, batch {p.batch_size}, {args.steps} timed steps each")
-    ours_batches = bucketed_batches([len(x) for x in ids], p.batch_size, seed=0, epoch=0)
-    model, _ = fresh()
-    baseline_opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=p.lr, foreach=True)
-    t_base, tok_base = timed(stepper(model, baseline_opt, padded_batches(len(ids), p.batch_size, 0), params.model.max_length, False), args.steps)
-    model, opt = fresh()
-    t_ours, tok_ours = timed(stepper(model, opt, ours_batches, None, False), args.steps)
-    print("\n(a) fine-tuning step, strategy full          s/step   real tokens/s")
-    print(f"    Trainer-style (pad to {params.model.max_length}, eager)      {t_base:7.3f}   {tok_base / t_base:10.0f}")
-    print(f"    ours (bucketed, dynamic padding)       {t_ours:7.3f}   {tok_ours / t_ours:10.0f}")
-    print(f"    speed-up in tokens/s: {(tok_ours / t_ours) / (tok_base / t_base):.2f}x (goal >= 2x)")
+    def tokens(self, n: int) -> int:
+        return sum(len(self.ids[j]) for i in range(n) for j in self.stream[i])
 
-    print("\n(b) diagnostics on vs off                    off s/step   on s/step   ratio")
-    for strategy in ("full", "lora_selective"):
-        model, opt = fresh(strategy)
-        t_off, _ = timed(stepper(model, opt, ours_batches, None, False), args.steps)
-        t_on, _ = timed(stepper(model, opt, ours_batches, None, True), args.steps)
-        print(f"    {strategy:<16}                      {t_off:9.3f}   {t_on:9.3f}   {t_on / t_off:5.2f}x")
-    print(f"    with diagnostics every {p.diag_every} steps the amortised cost per step is at most 1 + (ratio - 1) / {p.diag_every}")
 
-    if device.type == "cpu":
-        print("\n(d) bf16 autocast on CPU vs fp32, strategy full    s/step   loss on one batch")
-        model, opt = fresh()
-        batch = collate(ids, ours_batches[0], pad, labels)
-        losses = {}
-        for name, ctx in (("fp32", None), ("bf16", torch.bfloat16)):
-            def step(i: int, ctx: torch.dtype | None = ctx) -> int:
-                b = collate(ids, ours_batches[i % len(ours_batches)], pad, labels)
-                with torch.autocast("cpu", dtype=ctx, enabled=ctx is not None):
-                    loss = model(**b).loss
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-                return int(b["attention_mask"].sum())
-            t, _ = timed(step, max(3, args.steps // 3))
-            with torch.no_grad(), torch.autocast("cpu", dtype=ctx, enabled=ctx is not None):
-                losses[name] = model(**batch).loss.item()
-            print(f"    {name}                                          {t:7.3f}   {losses[name]:.5f}")
-        print(f"    |loss bf16 - fp32| = {abs(losses['bf16'] - losses['fp32']):.2e}; the stages use bf16 only on a GPU")
+def group_work(b: Bench, new: bool, precision: Precision) -> tuple[float, int]:
+    """Seconds and real tokens of one group's work: none + head (frozen encoder), full, shallow, lora_selective; each trains `steps` steps and evaluates."""
+    attn = None if new else "eager"
+    t0, tokens = time.perf_counter(), 0
+    model = b.model("none", attn).eval()
+    ev = predict(model, b.eval_ids, 128, b.pad, b.device, precision, head_input=new)
+    tokens += sum(len(x) for x in b.eval_ids)
+    model = apply_strategy(model, "head", shallow_k=2)
+    opt = make_optimizer(model, 1e-3, 0.01)
+    sched = make_scheduler(opt, "constant", 10**6, 0.0)
+    head = arch(model).head_forward
+    if new:  # features once, then the head alone
+        used = sorted({j for i in range(b.steps) for j in b.stream[i]})
+        feats = dict(zip(used, torch.from_numpy(predict(model, [b.ids[j] for j in used], 128, b.pad, b.device, precision, head_input=True)["head_input"])))
+        tokens += sum(len(b.ids[j]) for j in used)
+        for i in range(b.steps):
+            idx = b.stream[i]
+            batch = {"x": torch.stack([feats[j] for j in idx]), "y": torch.tensor([b.labels[j] for j in idx])}
+            train_step(lambda d: F.cross_entropy(head(model, d["x"]), d["y"]), batch, opt, sched, precision=precision, max_grad_norm=1.0, step=i)
+    else:  # the encoder at every step
+        for i in range(b.steps):
+            train_step(lambda d: model(**d).loss, b.batch(i), opt, sched, precision=precision, max_grad_norm=None, step=i)
+        tokens += b.tokens(b.steps)
+    for strategy in ("full", "shallow", "lora_selective"):
+        model = b.model(strategy, attn)
+        step = b.stepper(model, precision)
+        for i in range(b.steps):
+            step(i)
+        tokens += b.tokens(b.steps)
+        predict(model, b.eval_ids, 128, b.pad, b.device, precision)
+        tokens += sum(len(x) for x in b.eval_ids)
+    return time.perf_counter() - t0, tokens
 
-        cpus = os.cpu_count() or 1
-        n = args.steps
-        t_seq = sum(cell_steps(params.model.name, ids, labels, pad, p.batch_size, n, cpus) for _ in range(2))
-        t0 = time.perf_counter()
-        Parallel(n_jobs=2)(delayed(cell_steps)(params.model.name, ids, labels, pad, p.batch_size, n, max(1, cpus // 2)) for _ in range(2))
-        t_par = time.perf_counter() - t0
-        print(f"\n(e) two cells of {n} full steps: one after the other with {cpus} threads {t_seq:.1f} s;")
-        print(f"    in 2 processes x {max(1, cpus // 2)} thread(s) {t_par:.1f} s (process start included): {t_seq / t_par:.2f}x")
+
+def main() -> None:
+    """Print every comparison."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--base", action="store_true", help="also time the 12-layer base encoder (assembles it if needed)")
+    parser.add_argument("--dvc", action="store_true", help="also time a no-op `dvc repro` (after a complete run)")
+    args = parser.parse_args()
+    params = load_params()
+    b = Bench(params.model.name, args.data, args.steps, params.finetune.batch_size, params.lora)
+    cpu, flags = cpu_info()
+    bf16_flags = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    print(f"{cpu or 'unknown CPU'}, bf16 flags {bf16_flags or 'none'}; device {b.device.type}, {torch.get_num_threads()} threads; "
+          f"model {params.model.name}; batch {params.finetune.batch_size}; {args.steps} timed steps per variant")
+
+    model = b.model()
+    auto = resolve("auto", b.device, params.model.name, probe_step(model, b.ids, b.labels, b.pad, params.finetune.batch_size, b.device))
+    t32 = median_time(b.stepper(b.model(), FP32), args.steps)
+    t16 = median_time(b.stepper(b.model(), BF16), max(3, args.steps // 2))
+    with torch.no_grad():
+        model.eval()
+        batch = b.batch(0)
+        l32 = model(**batch).loss.item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            l16 = model(**batch).loss.item()
+    print(f"\n(a) precision, step of `full`: fp32 {t32:.3f} s, bf16 {t16:.3f} s: bf16 is {t32 / t16:.2f}x fp32's speed; "
+          f"|loss bf16 - fp32| on one batch {abs(l16 - l32):.1e}\n    auto resolves to {auto.name}: {auto.reason}")
+    work = auto if auto.name == "bf16" else FP32
+
+    t_eager = median_time(b.stepper(b.model(attn="eager"), work), args.steps)
+    t_sdpa = median_time(b.stepper(b.model(attn=None), work), args.steps)
+    ev_model = {impl: b.model("none", impl).eval() for impl in ("eager", None)}
+    e_eager, e_sdpa = (median_time(lambda i, m=m: predict(m, b.eval_ids, 128, b.pad, b.device, work), 3, 1) for m in ev_model.values())
+    print(f"\n(b) attention kernel: training step eager {t_eager:.3f} s, SDPA {t_sdpa:.3f} s ({t_eager / t_sdpa:.2f}x); "
+          f"evaluation of {len(b.eval_ids)} sentences eager {e_eager:.2f} s, SDPA {e_sdpa:.2f} s ({e_eager / e_sdpa:.2f}x)")
+
+    t_old, tok = group_work(b, new=False, precision=FP32)
+    t_new, tok_new = group_work(b, new=True, precision=work)
+    head_old = median_time(b.stepper(b.model("head", "eager"), FP32), args.steps)
+    print(f"\n(c) frozen encoder: a `head` step recomputing the encoder takes {head_old:.3f} s; on features computed once "
+          f"the {args.steps} steps cost only the head (see the total)")
+    t_off = median_time(b.stepper(b.model(), work), args.steps)
+    t_on = median_time(b.stepper(b.model(), work, diag=True), max(3, args.steps // 2))
+    every = params.finetune.diag_every
+    print(f"\n(d) diagnostics: step {t_off:.3f} s without, {t_on:.3f} s with the measurement ({t_on / t_off:.2f}x on a diagnostic step; "
+          f"{1 + (t_on / t_off - 1) / every:.3f}x amortised at diag_every {every})")
+    print(f"\n(e) total, one group's work ({args.steps} steps per trained cell, {len(b.eval_ids)} evaluation sentences per cell):\n"
+          f"    previous engine {t_old:.1f} s ({tok / t_old:,.0f} real tokens/s); this engine {t_new:.1f} s ({tok_new / t_new:,.0f} real tokens/s): "
+          f"{(tok_new / t_new) / (tok / t_old):.2f}x")
+
+    if args.base:
+        for name in (params.model.name, "packaged-base"):
+            base = Bench(name, args.data, args.steps, params.finetune.batch_size, params.lora)
+            times = {p.name: median_time(base.stepper(base.model(), p), max(3, args.steps // 2)) for p in (FP32, BF16)}
+            print(f"\n(f) {name}: training step at batch {params.finetune.batch_size}: fp32 {times['fp32']:.3f} s, bf16 {times['bf16']:.3f} s")
 
     if args.dvc:
         t0 = time.perf_counter()
         out = subprocess.run(["dvc", "repro"], capture_output=True, text=True, check=True).stdout
         ran = len(re.findall(r"^Running stage", out, flags=re.M))
-        print(f"\n(c) no-op `dvc repro`: {time.perf_counter() - t0:.1f} s, {ran} stages ran (goal: < 5 s, 0 stages)")
+        print(f"\n(g) no-op `dvc repro`: {time.perf_counter() - t0:.1f} s, {ran} stages ran (goal: < 5 s, 0 stages)")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

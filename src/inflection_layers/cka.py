@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
+from tqdm import tqdm
 
-from inflection_layers.artifacts import cell_dirs, write_csv, write_json
+from inflection_layers.artifacts import read_npy, write_csv, write_json
+from inflection_layers.cells import Cell, layer_of, locate
+from inflection_layers.cells import cells as cells_of
 from inflection_layers.config import load_params
+from inflection_layers.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +45,13 @@ def _check_pair(X: np.ndarray, Y: np.ndarray, min_n: int = 2) -> tuple[np.ndarra
 
 
 def _is_constant(X: np.ndarray, rtol: float = 4e-3) -> bool:
-    """True when no column of X (N, D) varies by more than `rtol` of its largest magnitude.
+    """True when no column of X (N, D) varies by more than `rtol` of that column's largest magnitude.
 
     A float16 vector saved from batches of different shapes (the embeddings' [CLS]) can differ by a
     unit in the last place (~1e-3 relative) between rows: that is rounding, not a representation.
     """
-    return bool(np.ptp(X, axis=0).max(initial=0.0) <= rtol * np.abs(X).max(initial=0.0))
+    X = np.asarray(X, dtype=np.float64)
+    return bool(np.all(np.ptp(X, axis=0) <= rtol * np.abs(X).max(axis=0, initial=0.0)))
 
 
 def _center_gram(K: np.ndarray) -> np.ndarray:
@@ -185,35 +191,32 @@ def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object
             "delta_cka_debiased": 1.0 - debiased_cka(*raw),
             "delta_cka_standardized": delta_cka(b, a, pca_dim=pca_dim, method="linear", standardized=True),
         }
-        rows += [{"layer": i - 1, "metric": m, "value": float(v), **cell} for m, v in values.items() if np.isfinite(v)]
+        rows += [{"layer": layer_of(i), "metric": m, "value": float(v), **cell} for m, v in values.items() if np.isfinite(v)]
     return rows
 
 
 def main() -> None:
-    """Read every cell's representations (the `none` cell is the source model), write the tidy table and per-cell means."""
-    parser = argparse.ArgumentParser(description="Stage `cka`: Delta-CKA per layer, source model vs every adapted cell.")
+    """Read every analysed cell's representations (the `none` cell is the source model), write the tidy table and per-cell means."""
+    parser = argparse.ArgumentParser(description="Stage `cka`: Delta-CKA per layer, source model vs every analysed cell.")
     parser.add_argument("--cells", type=Path, nargs="+", required=True, help="folders of fine-tuned cells (models/finetune models/finetune_lora)")
-    parser.add_argument("--table", type=Path, required=True, help="tidy CSV: layer, metric, value, regime, strategy, seed")
+    parser.add_argument("--table", type=Path, required=True, help="tidy CSV: layer, metric, value, target, regime, seed, strategy, family")
     parser.add_argument("--metrics", type=Path, required=True, help="per-cell summary JSON")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
-    if "none" not in params.study.strategies:
-        raise ValueError("study.strategies must include 'none': its cell holds the source model's representations (the 'before' of Delta-CKA)")
-    cells = params.study.cells()
-    paths = dict(zip(cells, cell_dirs(args.cells, cells, [f"{params.analysis.pooling}.npy"])))
-    rows, summary = [], {}
-    for regime, strategy, seed in (c for c in cells if c[1] != "none"):
-        before = np.load(paths[regime, "none", seed] / f"{params.analysis.pooling}.npy")
-        after = np.load(paths[regime, strategy, seed] / f"{params.analysis.pooling}.npy")
-        cell_rows = cka_rows(before, after, params.analysis.pca_dim, regime=regime, strategy=strategy, seed=seed)
+    pooling = f"{params.analysis.pooling}.npy"
+    cells = [c for c in cells_of(params, analysis_only=True) if c.strategy != "none"]
+    rows, summary, t0 = [], {}, time.perf_counter()
+    for cell in tqdm(cells, desc="cka", disable=None, leave=False):
+        before = read_npy(locate(args.cells, Cell(cell.group, "none")) / pooling)
+        after = read_npy(locate(args.cells, cell) / pooling)
+        cell_rows = cka_rows(before, after, params.analysis.pca_dim, **cell.key())
         rows += cell_rows
         top = [r["value"] for r in cell_rows if r["metric"] == "delta_cka"]
-        summary[f"{regime}-{strategy}-{seed}"] = {"mean_delta_cka": float(np.mean(top)), "last_layer_delta_cka": top[-1]}
-        logger.info("%s-%s-%d: Delta-CKA per layer %s", regime, strategy, seed, np.round(top, 4).tolist())
+        summary[cell.name] = {"mean_delta_cka": float(np.mean(top)), "last_layer_delta_cka": top[-1]}
     write_csv(args.table, pd.DataFrame(rows))
-    write_json(args.metrics, summary)
+    write_json(args.metrics, {"cells": summary, "wall_seconds": round(time.perf_counter() - t0, 2)})
+    logger.info("Delta-CKA of %d cells in %.0f s", len(cells), time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

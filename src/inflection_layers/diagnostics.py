@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from inflection_layers.cells import EMBEDDINGS_LAYER
+from inflection_layers.modeling import attention
+
 logger = logging.getLogger(__name__)
 
 _LAYER_RE = re.compile(r"(?:^|\.)layer\.(\d+)\.")
@@ -95,20 +98,22 @@ def _hidden(output: Any) -> Tensor | None:
 
 
 class ActivationGradRecorder:
-    """Records ||dS/dh_l||_2 at the embeddings' output (l = 0) and each encoder layer's output (l = i + 1).
+    """Records dS/dh_l per token at the embeddings' output (l = 0) and each encoder layer's output (l = i + 1).
 
-    S is whatever scalar is backpropagated (normally the batch-mean loss); the norm is the Frobenius
-    norm over the whole (B, T, D) gradient, padded positions included. Works with frozen parameters:
-    if the embeddings' output does not require grad it is replaced by a detached copy that does
-    (same values), so every layer gets a gradient. Forwards run without grad record nothing.
-    `norms()` gives the most recent backward's values, (L + 1,) float32, NaN where none was recorded.
-    Usage: `with ActivationGradRecorder(model) as rec: model(**batch).loss.backward()`; `rec.norms()`.
+    S is whatever scalar is backpropagated (normally the batch-mean loss). For every layer the same
+    reduction is used: the L2 norm of the gradient at each (example, token) position, (B, T), then
+    its mean over the valid (non-padding) tokens (:meth:`norms`), and separately at the first token
+    (:meth:`cls_norms`). At the last layer only the first token receives a gradient (the head reads
+    it alone), so its per-token mean includes the other tokens' zeros, as every layer's does: no layer
+    is reduced differently. Works with frozen parameters: if the embeddings' output does not require
+    grad it is replaced by a detached copy that does (same values), so every layer gets a gradient.
+    Usage: ``with ActivationGradRecorder(model) as rec: model(**batch).loss.backward()``; ``rec.norms(mask)``.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.embeddings, self.layers = encoder_parts(model)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._norms: dict[int, Tensor] = {}
+        self._norms: dict[int, Tensor] = {}  # layer index -> (B, T) per-token gradient norms
 
     def __enter__(self) -> ActivationGradRecorder:
         self._handles.append(self.embeddings.register_forward_hook(self._hook(0)))
@@ -123,7 +128,7 @@ class ActivationGradRecorder:
 
     def _hook(self, idx: int) -> Callable[[nn.Module, Any, Any], Any]:
         def store(grad: Tensor) -> None:
-            self._norms[idx] = torch.linalg.vector_norm(grad.detach().float()).cpu()
+            self._norms[idx] = torch.linalg.vector_norm(grad.detach().float(), dim=-1).cpu()  # (B, T)
 
         def forward_hook(module: nn.Module, args: Any, output: Any) -> Any:
             if not torch.is_grad_enabled():
@@ -142,54 +147,84 @@ class ActivationGradRecorder:
 
         return forward_hook
 
-    def reset(self) -> None:
-        """Forget all recorded norms."""
-        self._norms.clear()
-
-    def norms(self) -> Tensor:
-        """(L + 1,) gradient norms: [embeddings output, layer 0 output, ..., layer L-1 output]."""
+    def _per_layer(self, reduce: Callable[[Tensor], Tensor]) -> Tensor:
         if not self._norms:
             raise RuntimeError("no gradient recorded: run a forward and backward inside the context")
         out = torch.full((len(self.layers) + 1,), math.nan)
         for i, v in self._norms.items():
-            out[i] = v
+            out[i] = reduce(v)
         return out
 
+    def norms(self, attention_mask: Tensor) -> Tensor:
+        """(L + 1,) mean over valid tokens of the per-token gradient norm: [embeddings output, layer 0, ..., layer L-1]."""
+        valid = attention_mask.detach().cpu().bool()  # (B, T)
+        return self._per_layer(lambda v: v[valid].double().mean())
 
-def measure(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
-    """One forward + backward with every diagnostic recorded; gradients are left in place (no update).
+    def cls_norms(self) -> Tensor:
+        """(L + 1,) mean over examples of the gradient norm at the first token."""
+        return self._per_layer(lambda v: v[:, 0].double().mean())
+
+
+def param_norms(model: nn.Module) -> dict[str, float]:
+    """L2 norm of the parameters per group (see `_group`): the denominator of relative gradient norms (Auto-RGN)."""
+    sq: dict[str, float] = {}
+    for name, p in model.named_parameters():
+        g = _group(name)
+        sq[g] = sq.get(g, 0.0) + float(p.detach().to(torch.float64).pow(2).sum())
+    return {g: math.sqrt(s) for g, s in sq.items()}
+
+
+def valid_tokens(hidden_states: Sequence[Tensor], attention_mask: Tensor) -> list[Tensor]:
+    """Per hidden state (L + 1 entries of (B, T, D)), its valid tokens' vectors (n_valid, D), float32 on the CPU."""
+    valid = attention_mask.bool()
+    return [h.detach()[valid].float().cpu() for h in hidden_states]
+
+
+def measure(model: nn.Module, batch: dict[str, Tensor], hidden: bool = False) -> dict[str, Any]:
+    """One forward + backward with every diagnostic recorded, in eval mode (no dropout) with eager
+    attention, whatever mode the model is in; gradients are left in place (no update): zero them after.
 
     batch: input_ids, attention_mask (B, T), labels (B,). Returns entropy and entropy_norm (L, H),
-    act_grad (L + 1,) [embeddings output first], param_grad {group: norm}, loss and margin (floats).
+    act_grad and act_grad_cls (L + 1,) [embeddings output first], param_grad {group: norm}, loss and
+    margin (floats), and with `hidden` the valid tokens of every hidden state (see `valid_tokens`).
     """
-    with ActivationGradRecorder(model) as rec:
-        out = model(**batch, output_attentions=True)
-        out.loss.backward()
+    was_training = model.training
+    model.eval()
+    try:
+        with attention(model, "eager"), ActivationGradRecorder(model) as rec:
+            out = model(**batch, output_attentions=True, output_hidden_states=hidden)
+            out.loss.backward()
+    finally:
+        model.train(was_training)
     raw, norm = layer_attention_entropy(out.attentions, batch["attention_mask"])
-    return {
+    result = {
         "entropy": raw,
         "entropy_norm": norm,
-        "act_grad": rec.norms(),
+        "act_grad": rec.norms(batch["attention_mask"]),
+        "act_grad_cls": rec.cls_norms(),
         "param_grad": param_grad_norms(model),
         "loss": out.loss.item(),
         "margin": logit_margin(out.logits, batch["labels"]),
     }
+    if hidden:
+        result["hidden"] = valid_tokens(out.hidden_states, batch["attention_mask"])
+    return result
 
 
 def per_layer_means(records: Sequence[dict[str, Any]], num_layers: int) -> dict[str, list[float]]:
     """Average `measure` records over batches -> {metric: values per layer}.
 
-    entropy, entropy_norm: mean over heads, (L,); act_grad: (L + 1,) with the embeddings' output
-    first; param_grad: (L,), NaN for layers without trainable parameters.
+    entropy, entropy_norm: mean over heads, (L,); act_grad, act_grad_cls: (L + 1,) with the
+    embeddings' output first; param_grad: (L,), NaN for layers without trainable parameters.
     """
     ent = torch.stack([r["entropy"] for r in records]).mean(0)  # (L, H)
     ent_norm = torch.stack([r["entropy_norm"] for r in records]).mean(0)
-    act = torch.stack([r["act_grad"].double() for r in records]).mean(0)  # (L + 1,)
     pg = [[r["param_grad"].get(f"layer.{i}", math.nan) for i in range(num_layers)] for r in records]
     return {
         "entropy": ent.mean(1).tolist(),
         "entropy_norm": ent_norm.mean(1).tolist(),
-        "act_grad": act.tolist(),
+        "act_grad": torch.stack([r["act_grad"].double() for r in records]).mean(0).tolist(),
+        "act_grad_cls": torch.stack([r["act_grad_cls"].double() for r in records]).mean(0).tolist(),
         "param_grad": torch.tensor(pg, dtype=torch.float64).mean(0).tolist(),
     }
 
@@ -198,6 +233,6 @@ def tidy(means: dict[str, list[float]], **labels: Any) -> list[dict[str, Any]]:
     """Rows (layer, metric, value, **labels) from `per_layer_means`; the embeddings' output is layer -1."""
     rows = []
     for metric, values in means.items():
-        first = -1 if metric == "act_grad" else 0
+        first = EMBEDDINGS_LAYER if metric.startswith("act_grad") else 0
         rows += [{"layer": first + i, "metric": metric, "value": v, **labels} for i, v in enumerate(values)]
     return rows

@@ -1,25 +1,28 @@
-"""Stages `finetune` and `finetune_lora`: adapt one source model to Rotten Tomatoes with every strategy of a group.
+"""Stages `finetune` and `finetune_lora`: adapt one source model to one target with every strategy of a kind.
 
-One stage = one source model (regime, seed); `finetune` runs `study.strategies`, `finetune_lora`
-(flag --lora) runs `study.lora_strategies`, which also need the SKI band and the `lora.*` params.
-One cell = (regime, strategy, seed): trains `finetune.steps` steps on RT train (the same batches in
-the same order for every strategy of a seed), records diagnostics every `finetune.diag_every` steps,
-then evaluates on `finetune.eval_splits` (RT validation, and test) and on their overlap-free parts
-(sentences in neither SST-2 train nor dev). The cells run one after the other in one process,
-which loads torch and tokenises the data once; each starts from the source checkpoint on disk.
+One stage = one group (target, regime, seed); `finetune` runs `study.strategies`, `finetune_lora`
+(flag --lora) runs `study.lora_strategies` (``lora_random`` expanded into its draws), which also need
+the group's selection JSON and the `lora.*` params. One cell trains `finetune.steps` steps on the
+target's train split (the same batches in the same order for every strategy of a group), records
+diagnostics every `finetune.diag_every` steps (in eval mode, before that step's update), then
+evaluates on the target's `finetune.eval_splits`. The cells run one after the other in one process.
 
-Writes, per cell: <out>/<strategy>/predictions.parquet (id, split, label, prob_pos, pred,
-overlap_free), the representations of the analysis sample (the evaluation splits in order, as in
-predictions.parquet) at every hidden state, cls.npy ([CLS]) and mean.npy (mean over
-tokens), each (L + 1, N, D) float16, and, for LoRA, the peft adapter; <metrics>/<strategy>.json;
-<plots>/<strategy>-layers.csv and <strategy>-curve.csv. The `none` cell's representations are the
-source model's.
+Strategies whose encoder is frozen (`none`, `head`) share one pass of the source encoder over the
+evaluation sentences and over the train examples the batch stream uses; `head` then trains on
+those features. Every other cell starts from the source checkpoint on disk.
+
+Writes, per cell: <out>/<strategy>/predictions.parquet (id, split, label, prob_pos, pred); for the
+cells of `analysis.strategies`, the representations of the analysis sample (the evaluation splits
+in order) at every hidden state, cls.npy ([CLS]) and mean.npy (mean over tokens), each (L + 1, N, D)
+float16; for LoRA, the peft adapter; <metrics>/<strategy>.json and <metrics>/stage.json (wall time,
+tokens/s, precision); <plots>/<strategy>-layers.csv and <strategy>-curve.csv.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,168 +31,189 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+import torch.nn.functional as F
 
 from inflection_layers.artifacts import atomic_path, read_json, read_parquet, write_csv, write_json
-from inflection_layers.config import LORA_STRATEGIES, REGIMES, Params, load_params
+from inflection_layers.cells import FROZEN_ENCODER, Cell, Group, expand, family, is_lora
+from inflection_layers.config import Params, load_params
 from inflection_layers.diagnostics import measure, per_layer_means, tidy
-from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
+from inflection_layers.errors import InputError, run_main
+from inflection_layers.modeling import arch, load_model, load_tokenizer, pick_device, seed_everything
+from inflection_layers.precision import Precision, resolve
 from inflection_layers.strategies import apply_strategy, lora_layers, targeted_modules, trainable_parameters
-from inflection_layers.training import autocast, check_finite, collate, endless_batches, make_optimizer, make_scheduler, predict, to_device, tokenize
+from inflection_layers.training import (
+    accuracy_and_loss, batch_stream, collate, iterate, make_optimizer, make_scheduler, predict, probe_step, to_device, tokenize, train_step,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def read_band(selection: Path | None) -> tuple[list[int], list[int]]:
-    """(SKI band, random band) from the `select` stage's JSON, which the LoRA strategies need."""
-    if selection is None:
-        raise FileNotFoundError("the LoRA strategies need the selection JSON of `select` (--selection)")
-    sel = read_json(selection)
-    return sel["band"], sel["random_band"]
-
-
-def train(model: torch.nn.Module, params: Params, ids: list[list[int]], labels: list[int], pad: int, seed: int, lora: bool, device: torch.device, desc: str) -> tuple[list[dict], list[dict]]:
-    """The flat training loop -> (diagnostic records, sampled curve rows)."""
-    p = params.finetune
-    optimizer = make_optimizer(model, p.lr, p.weight_decay, lora_lr=params.lora.lr if lora else None)
-    scheduler = make_scheduler(optimizer, "linear", p.steps, 0.0)
-    batches = endless_batches([len(x) for x in ids], p.batch_size, seed)
-    records, curve = [], []
-    model.train()
-    bar = tqdm(range(p.steps), desc=desc, disable=None)
-    for step in bar:
-        batch = to_device(collate(ids, next(batches), pad, labels), device)
-        if step % p.diag_every == 0 or step == p.steps - 1:  # diagnostics need a backward through every layer
-            with autocast(device):
-                rec = measure(model, batch)
-            records.append(rec)
-            curve.append({"step": step, "loss": rec["loss"], "margin": rec["margin"], **{f"act_grad_{i - 1}": float(v) for i, v in enumerate(rec["act_grad"])}})
-            loss_value = rec["loss"]
-            check_finite(torch.tensor(loss_value), step)
-        else:  # backward stops at the lowest trainable layer
-            with autocast(device):
-                loss = model(**batch).loss
-            check_finite(loss, step)
-            loss.backward()
-            loss_value = loss.item()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-    return records, curve
-
-
 @dataclass(frozen=True)
-class Data:
-    """One group's tokenised data: RT train (ids, labels) and the evaluation splits with their overlap-free flags."""
+class GroupData:
+    """One group's tokenised data: the train split, its batch stream, and the evaluation splits (the analysis sample)."""
 
     train_ids: list[list[int]]
     train_labels: list[int]
-    eval_frame: pd.DataFrame  # id, split, label, overlap_free (the analysis sample, in order)
+    stream: list[np.ndarray]  # (steps,) batches of train indices, the same for every strategy
+    eval_frame: pd.DataFrame  # id, split, label
     eval_ids: list[list[int]]
     pad: int
 
 
-def load_data(data_dir: Path, splits: list[str], tokenizer: object, max_length: int) -> Data:
-    """Read and tokenise RT train and the evaluation splits once for every cell of a group."""
-    free = read_json(data_dir / "overlap_free.json")
-    rt = read_parquet(data_dir / "rt_train.parquet", ["text", "label"])
-    frames = []
-    for split in splits:
-        df = read_parquet(data_dir / f"{split}.parquet", ["id", "text", "label"]).assign(split=split)
-        df["overlap_free"] = df["id"].isin(set(free[split]))
-        frames.append(df)
+def load_group_data(data_dir: Path, group: Group, params: Params, tokenizer: object) -> GroupData:
+    """Read and tokenise the target's train split and evaluation splits once for every cell of a group."""
+    p = params.finetune
+    train = read_parquet(data_dir / f"{group.target}_train.parquet", ["text", "label"])
+    frames = [read_parquet(data_dir / f"{group.target}_{split}.parquet", ["id", "text", "label"]).assign(split=split) for split in p.eval_splits]
     ev = pd.concat(frames, ignore_index=True)
-    return Data(
-        tokenize(tokenizer, rt["text"], max_length), rt["label"].tolist(),
-        ev[["id", "split", "label", "overlap_free"]], tokenize(tokenizer, ev["text"], max_length), tokenizer.pad_token_id,
-    )
+    ids = tokenize(tokenizer, train["text"], params.model.max_length)
+    return GroupData(ids, train["label"].tolist(), batch_stream([len(x) for x in ids], p.batch_size, group.seed, p.steps),
+                     ev[["id", "split", "label"]], tokenize(tokenizer, ev["text"], params.model.max_length), tokenizer.pad_token_id)
 
 
-def evaluate(model: torch.nn.Module, data: Data, batch_size: int, device: torch.device) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    """Predictions on the evaluation splits, representations per layer ({"cls", "mean"}: (L + 1, N, D)), accuracies and losses per split and overlap-free part."""
-    frame = data.eval_frame.copy()
-    out = predict(model, data.eval_ids, frame["label"].tolist(), batch_size, data.pad, device, return_reps=True)
-    frame["prob_pos"], frame["pred"] = out["probs"][:, 1], out["probs"].argmax(1)
-    frame = frame[["id", "split", "label", "prob_pos", "pred", "overlap_free"]]
-    correct = frame["pred"] == frame["label"]
-    nll = pd.Series(-np.log(np.clip(out["probs"][np.arange(len(frame)), frame["label"].to_numpy()], 1e-300, None)))
-    metrics = {}
-    for split, rows in frame.groupby("split", sort=False).groups.items():
-        name, free = split.removeprefix("rt_"), rows[frame.loc[rows, "overlap_free"].to_numpy()]
-        metrics |= {
-            f"{name}_accuracy": float(correct[rows].mean()),
-            f"{name}_loss": float(nll[rows].mean()),
-            f"{name}_free_accuracy": float(correct[free].mean()),
-            f"{name}_free_loss": float(nll[free].mean()),
-            f"{name}_free_n": len(free),
-        }
-    return frame, {k: out[k] for k in ("cls", "mean")}, metrics
+def score(frame: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """Predictions (id, split, label, prob_pos, pred) and accuracy, loss and size per evaluation split."""
+    pred = frame.assign(prob_pos=probs[:, 1], pred=probs.argmax(1))
+    scores = {}
+    for split, rows in pred.groupby("split", sort=False).groups.items():
+        acc, loss = accuracy_and_loss(probs[rows], pred.loc[rows, "label"].tolist())
+        scores |= {f"{split}_accuracy": acc, f"{split}_loss": loss, f"{split}_n": len(rows)}
+    return pred, scores
 
 
-@dataclass(frozen=True)
-class Group:
-    """The source model and (temporary) output folders of one stage (regime, seed), and the SKI bands."""
-
-    regime: str
-    seed: int
-    source: Path
-    out: Path
-    metrics: Path
-    plots: Path
-    band: tuple[int, ...] = ()
-    random_band: tuple[int, ...] = ()
+def diagnostic_steps(steps: int, every: int) -> set[int]:
+    """The steps whose batch is also measured: 0, every `every`, and the last."""
+    return set(range(0, steps, every)) | {steps - 1}
 
 
-def run_cell(group: Group, strategy: str, params: Params, data: Data, device: torch.device) -> dict:
-    """Adapt, evaluate and write one cell: <out>/<strategy>/, <metrics>/<strategy>.json, <plots>/<strategy>-*.csv; returns its metrics."""
-    seed_everything(group.seed)
-    model = load_model(str(group.source))
-    L = model.config.num_hidden_layers
-    is_lora = strategy in LORA_STRATEGIES
-    layers = lora_layers(strategy, L, list(group.band), list(group.random_band)) if is_lora else []
-    model = apply_strategy(model, strategy, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers).to(device)
-    trainable = trainable_parameters(model)
-    cell = {"regime": group.regime, "strategy": strategy, "seed": group.seed}
-    logger.info("%s: %d trainable parameters in %d tensors; LoRA layers %s", cell, sum(trainable.values()), len(trainable), layers)
+def train_cell(model: torch.nn.Module, params: Params, data: GroupData, device: torch.device, precision: Precision, lr: float, desc: str) -> tuple[list[dict], list[dict], int]:
+    """The flat training loop of an encoder-training cell -> (diagnostic records, curve rows, real tokens)."""
+    p = params.finetune
+    optimizer = make_optimizer(model, lr, p.weight_decay)
+    scheduler = make_scheduler(optimizer, p.schedule, p.steps, p.warmup_ratio)
+    diag = diagnostic_steps(p.steps, p.diag_every)
+    records, curve, tokens = [], [], 0
+    model.train()
+    for step, idx in enumerate(iterate(data.stream, desc)):
+        batch = to_device(collate(data.train_ids, idx, data.pad, data.train_labels), device)
+        if step in diag:  # eval mode, eager attention, no update: dropout-free diagnostics of the current model
+            rec = measure(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            records.append(rec)
+            curve.append({"step": step, "loss": rec["loss"], "margin": rec["margin"]} | {f"act_grad_{i - 1}": float(v) for i, v in enumerate(rec["act_grad"])})
+        train_step(lambda b: model(**b).loss, batch, optimizer, scheduler, precision=precision, max_grad_norm=p.max_grad_norm, step=step)
+        tokens += int(batch["attention_mask"].sum())
+    return records, curve, tokens
 
+
+def frozen_cells(model: torch.nn.Module, strategies: list[str], params: Params, data: GroupData, device: torch.device,
+                 precision: Precision, keep_reps: bool, seed: int) -> dict[str, dict]:
+    """`none` and `head` from one pass of the frozen encoder: the evaluation sentences and the train examples the stream uses.
+
+    Returns per strategy: probs (N, C), reps (or None), curve, tokens, seconds, trainable (name -> size).
+    """
+    p, head_forward = params.finetune, arch(model).head_forward
+    ev = predict(model, data.eval_ids, p.eval_batch_size, data.pad, device, precision, reps=keep_reps, head_input=True)
+    out = {"none": {"probs": ev["probs"], "reps": {k: ev[k] for k in ("cls", "mean")} if keep_reps else None, "curve": [], "tokens": 0, "seconds": 0.0, "trainable": {}}}
+    if "head" not in strategies:
+        return out
     t0 = time.perf_counter()
-    records, curve = [], []
-    if strategy != "none":
-        desc = f"{group.regime}-{strategy}-{group.seed}"
-        records, curve = train(model, params, data.train_ids, data.train_labels, data.pad, group.seed, is_lora, device, desc)
-    train_seconds = time.perf_counter() - t0
-    predictions, reps, scores = evaluate(model, data, params.finetune.eval_batch_size, device)
+    used = np.unique(np.concatenate(data.stream))
+    feats = torch.zeros((len(data.train_ids), 1, model.config.hidden_size))
+    feats[used] = torch.from_numpy(predict(model, [data.train_ids[i] for i in used], p.eval_batch_size, data.pad, device, precision, head_input=True)["head_input"])
+    seed_everything(seed)
+    apply_strategy(model, "head", shallow_k=p.shallow_k)
+    optimizer = make_optimizer(model, params.lr("head"), p.weight_decay)
+    scheduler = make_scheduler(optimizer, p.schedule, p.steps, p.warmup_ratio)
+    labels = torch.tensor(data.train_labels)
+    model.train()
+    curve = []
+    for step, idx in enumerate(data.stream):
+        batch = {"features": feats[idx].to(device), "labels": labels[idx].to(device)}
+        loss = train_step(lambda b: F.cross_entropy(head_forward(model, b["features"]), b["labels"]), batch, optimizer, scheduler,
+                          precision=precision, max_grad_norm=p.max_grad_norm, step=step)
+        if step in diagnostic_steps(p.steps, p.diag_every):
+            curve.append({"step": step, "loss": loss})
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        logits = head_forward(model, torch.from_numpy(ev["head_input"]).to(device)).double()
+    out["head"] = {"probs": torch.softmax(logits, -1).cpu().numpy(), "reps": None, "curve": curve, "tokens": int(sum(len(data.train_ids[i]) for b in data.stream for i in b)),
+                   "seconds": time.perf_counter() - t0, "trainable": trainable_parameters(model)}
+    return out
 
-    cell_dir = group.out / strategy
+
+def write_cell(dirs: tuple[Path, Path, Path], cell: Cell, predictions: pd.DataFrame, reps: dict | None, metrics: dict,
+               records: list[dict], curve: list[dict], num_layers: int, adapter: torch.nn.Module | None) -> None:
+    """One cell's files in the stage's (temporary) output folders."""
+    out, metrics_dir, plots_dir = dirs
+    key = cell.key()
+    cell_dir = out / cell.strategy
     cell_dir.mkdir()
     predictions.to_parquet(cell_dir / "predictions.parquet", index=False)
-    for name, x in reps.items():
+    for name, x in (reps or {}).items():
         np.save(cell_dir / f"{name}.npy", x)
-    if is_lora:
-        model.save_pretrained(cell_dir / "adapter", safe_serialization=True)
-    metrics = {
-        **cell,
-        **scores,
-        "trainable_parameters": sum(trainable.values()),
-        "lora_layers": layers,
-        "targeted_modules": targeted_modules(model),
-        "steps": params.finetune.steps if strategy != "none" else 0,
-        "train_seconds": round(train_seconds, 2),
-        "final_loss": curve[-1]["loss"] if curve else None,
-    }
-    write_json(group.metrics / f"{strategy}.json", metrics)
-    write_csv(group.plots / f"{strategy}-layers.csv", pd.DataFrame(tidy(per_layer_means(records, L), **cell) if records else [], columns=["layer", "metric", "value", *cell]))
-    write_csv(group.plots / f"{strategy}-curve.csv", pd.DataFrame(curve).assign(**cell) if curve else pd.DataFrame(columns=["step", *cell]))
-    logger.info("%s: validation %.4f (overlap-free %.4f)", cell, scores["validation_accuracy"], scores["validation_free_accuracy"])
-    return metrics
+    if adapter is not None:
+        adapter.save_pretrained(cell_dir / "adapter", safe_serialization=True)
+        config = cell_dir / "adapter" / "adapter_config.json"  # peft writes target_modules from a set: sort it (byte-stable)
+        saved = json.loads(config.read_text())
+        saved["target_modules"] = sorted(saved["target_modules"]) if isinstance(saved["target_modules"], list) else saved["target_modules"]
+        config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    write_json(metrics_dir / f"{cell.strategy}.json", {**key, **metrics})
+    layers = tidy(per_layer_means(records, num_layers), **key) if records else []
+    write_csv(plots_dir / f"{cell.strategy}-layers.csv", pd.DataFrame(layers, columns=["layer", "metric", "value", *key]))
+    write_csv(plots_dir / f"{cell.strategy}-curve.csv", pd.DataFrame(curve).assign(**key) if curve else pd.DataFrame(columns=["step", *key]))
+
+
+def run_group(params: Params, group: Group, strategies: list[str], source: Path, data: GroupData, selection: dict | None,
+              device: torch.device, dirs: tuple[Path, Path, Path]) -> dict:
+    """Every cell of one stage, one after the other; returns the stage's timing record."""
+    keep = set(params.analysis.strategies)
+    seed_everything(group.seed)
+    model = load_model(str(source)).to(device)
+    precision = resolve(params.model.precision, device, params.model.name, probe_step(model, data.train_ids, data.train_labels, data.pad, params.finetune.batch_size, device))
+    L = model.config.num_hidden_layers
+    results: dict[str, dict] = {}
+    frozen = [s for s in strategies if s in FROZEN_ENCODER]
+    if frozen:
+        results |= frozen_cells(model.eval(), frozen, params, data, device, precision, keep_reps="none" in keep, seed=group.seed)
+    tokens, t_stage = 0, time.perf_counter()
+    for strategy in strategies:
+        cell = Cell(group, strategy)
+        layers = lora_layers(strategy, L, selection) if is_lora(strategy) else []
+        adapter = None
+        if strategy in results:
+            r = results[strategy]
+            probs, reps, records, curve, n_tok, seconds, trainable = r["probs"], r["reps"], [], r["curve"], r["tokens"], r["seconds"], r["trainable"]
+        else:
+            seed_everything(group.seed)
+            model = apply_strategy(load_model(str(source)), strategy, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers).to(device)
+            trainable = trainable_parameters(model)
+            t0 = time.perf_counter()
+            records, curve, n_tok = train_cell(model, params, data, device, precision, params.lr(strategy), f"{cell.name}")
+            seconds = time.perf_counter() - t0
+            ev = predict(model, data.eval_ids, params.finetune.eval_batch_size, data.pad, device, precision, reps=family(strategy) in keep)
+            probs, reps = ev["probs"], ({k: ev[k] for k in ("cls", "mean")} if family(strategy) in keep else None)
+            adapter = model if is_lora(strategy) else None
+        tokens += n_tok
+        predictions, scores = score(data.eval_frame, probs)
+        metrics = {**scores, "trainable_parameters": int(sum(trainable.values())), "lr": params.lr(strategy) if strategy != "none" else None,
+                   "lora_layers": layers, "targeted_modules": targeted_modules(adapter) if adapter is not None else [],
+                   "steps": params.finetune.steps if strategy != "none" else 0, "train_seconds": round(seconds, 2),
+                   "tokens_per_second": round(n_tok / seconds, 1) if seconds > 0 else None, "num_layers": L, **precision.record(),
+                   "final_loss": curve[-1]["loss"] if curve else None}
+        write_cell(dirs, cell, predictions, reps, metrics, records, curve, L, adapter)
+        logger.info("%s: %s accuracy %.4f, %d trainable parameters, %.0f s", cell.name, params.finetune.eval_splits[0],
+                    scores[f"{params.finetune.eval_splits[0]}_accuracy"], metrics["trainable_parameters"], seconds)
+    wall = time.perf_counter() - t_stage
+    return {"target": group.target, "regime": group.regime, "seed": group.seed, "cells": len(strategies), "wall_seconds": round(wall, 2),
+            "train_tokens": tokens, "tokens_per_second": round(tokens / wall, 1) if wall > 0 else None,
+            "attention": model.config._attn_implementation if hasattr(model, "config") else None, **precision.record()}
 
 
 def main() -> None:
     """Parse the group and paths dvc.yaml gives, validate params and inputs, run every cell of the group, write atomically."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regime", choices=REGIMES, required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--group", required=True, help="<target>-<regime>-<seed>, e.g. rt-over-42")
     parser.add_argument("--lora", action="store_true", help="run study.lora_strategies (needs --selection), else study.strategies")
     parser.add_argument("--source", type=Path, required=True, help="source checkpoint folder")
     parser.add_argument("--selection", type=Path, help="selection JSON from `select` (LoRA strategies)")
@@ -198,21 +222,23 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="folder of per-cell metrics JSONs")
     parser.add_argument("--plots", type=Path, required=True, help="folder of per-cell layer diagnostics and curves (CSV)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
-    strategies = params.study.lora_strategies if args.lora else params.study.strategies
-    band, random_band = read_band(args.selection) if args.lora else ([], [])
+    group = Group.parse(args.group)
+    strategies = expand(params.study.lora_strategies if args.lora else params.study.strategies, params.ski.random_draws)
+    if args.lora and args.selection is None:
+        raise InputError("the LoRA strategies need the selection JSON of `select` (--selection)")
+    selection = read_json(args.selection) if args.lora else None
     if not (args.source / "config.json").is_file():
-        raise FileNotFoundError(f"{args.source}: no source checkpoint; run `dvc repro source` first")
+        raise InputError(f"{args.source}: no source checkpoint; run `dvc repro source@{group.source.name}` first")
 
     device = pick_device()
-    data = load_data(args.data, params.finetune.eval_splits, load_tokenizer(str(args.source)), params.model.max_length)
+    data = load_group_data(args.data, group, params, load_tokenizer(str(args.source)))
     with contextlib.ExitStack() as stack:  # the three folders appear together, complete, when every cell is done
-        out, metrics, plots = (stack.enter_context(atomic_path(p, is_dir=True)) for p in (args.out, args.metrics, args.plots))
-        group = Group(args.regime, args.seed, args.source, out, metrics, plots, tuple(band), tuple(random_band))
-        for strategy in strategies:
-            run_cell(group, strategy, params, data, device)
+        dirs = tuple(stack.enter_context(atomic_path(p, is_dir=True)) for p in (args.out, args.metrics, args.plots))
+        stage = run_group(params, group, strategies, args.source, data, selection, device, dirs)
+        write_json(dirs[1] / "stage.json", stage)
+    logger.info("%s: %d cells in %.0f s, %.0f train tokens/s", group.name, stage["cells"], stage["wall_seconds"], stage["tokens_per_second"] or 0)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

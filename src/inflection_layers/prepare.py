@@ -1,85 +1,87 @@
-"""Stage `prepare`: load SST-2 and Rotten Tomatoes, write parquet splits, audit source/target overlap.
+"""Stage `prepare`: load SST-2 and the targets, write the parquet splits and the overlap audit.
 
-Outputs (paths from dvc.yaml):
-  <out>/{sst2_train,sst2_dev,rt_train,rt_validation,rt_test}.parquet  (id, text, label)
-  <out>/sst2_source.parquet   the stratified SST-2 train subsample used for source training
-  <out>/overlap_free.json     ids of RT validation/test sentences found in neither SST-2 train nor dev
-  <metrics>                   sizes and the overlap audit
+Outputs (paths from dvc.yaml; the folder is written atomically):
+  <out>/sst2_source.parquet        the stratified SST-2 train sample the source models train on
+  <out>/sst2_dev.parquet           SST-2 dev (the source models' dev set)
+  <out>/{t}_{train,validation,test}.parquet   per target t of study.targets (id, text, label);
+                                   validation and test stratified to data.eval_subsample when > 0
+  <out>/audit.parquet              per evaluation sentence: in_source, in_sst2, phrase_covered,
+                                   phrase_cover_share (see :mod:`inflection_layers.audit`)
+  <metrics>                        source used, sizes, audit summary, sha256 of the files read
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from inflection_layers.artifacts import atomic_path, write_json
+from inflection_layers.audit import audit_frame, summarise
+from inflection_layers.cells import EVAL_SPLITS
 from inflection_layers.config import Data, load_params
-from inflection_layers.data import EXPECTED_ROWS, SPLITS, load_splits, overlap, stratified_subsample
+from inflection_layers.data import load_splits, stratified_subsample
+from inflection_layers.errors import run_main
 
 logger = logging.getLogger(__name__)
 
 
-def audit(splits: dict[str, pd.DataFrame]) -> tuple[dict, dict[str, list[str]]]:
-    """Overlap of every RT split with SST-2 train and dev -> (metrics, overlap-free ids of validation/test)."""
-    metrics: dict = {}
-    free: dict[str, list[str]] = {}
-    for split in ("rt_train", "rt_validation", "rt_test"):
-        target = splits[split]
-        in_train, s_train = overlap(target, splits["sst2_train"])
-        in_dev, s_dev = overlap(target, splits["sst2_dev"])
-        clean = ~(in_train | in_dev)
-        metrics[split] = {"vs_sst2_train": s_train, "vs_sst2_dev": s_dev, "overlap_free": int(clean.sum())}
-        if split != "rt_train":
-            free[split] = target.loc[clean, "id"].tolist()
-    return metrics, free
+def select_tables(splits: dict[str, pd.DataFrame], data: Data, targets: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The splits to write: the SST-2 source sample and dev, and each target's train and (subsampled) evaluation splits."""
+    tables = {
+        "sst2_source": stratified_subsample(splits["sst2_train"], data.sst2_subsample, data.subsample_seed),
+        "sst2_dev": splits["sst2_dev"].reset_index(drop=True),
+    }
+    for t in targets:
+        tables[f"{t}_train"] = splits[f"{t}_train"].reset_index(drop=True)
+        for split in EVAL_SPLITS:
+            tables[f"{t}_{split}"] = stratified_subsample(splits[f"{t}_{split}"], data.eval_subsample, data.subsample_seed)
+    return tables
 
 
-def sha256(path: Path) -> str:
-    """Hex digest of a file, recorded so a changed local copy is visible in metrics/data.json."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def prepare(params: Data) -> tuple[dict[str, pd.DataFrame], dict, dict[str, list[str]]]:
-    """Load, subsample and audit -> (tables to write, metrics, overlap-free ids)."""
-    splits, used = load_splits(params.source, params.dir)
-    tables = {name: splits[name] for name in SPLITS}
-    tables["sst2_source"] = stratified_subsample(splits["sst2_train"], params.sst2_subsample, params.subsample_seed)
-    overlap_metrics, free = audit(splits)
+def prepare(data: Data, targets: Sequence[str]) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Load, subsample and audit -> (tables to write, including ``audit``; metrics)."""
+    splits, used, files = load_splits(data, targets)
+    tables = select_tables(splits, data, targets)
+    evals = {f"{t}_{s}": tables[f"{t}_{s}"] for t in targets for s in EVAL_SPLITS}
+    audit = audit_frame(evals, tables["sst2_source"], splits["sst2_train"], splits["sst2_dev"])
     metrics = {
         "source": used,
         "sizes": {name: len(df) for name, df in tables.items()},
+        "sst2_train_size": len(splits["sst2_train"]),
         "sst2_source_positive_share": round(float(tables["sst2_source"]["label"].mean()), 6),
-        "overlap": overlap_metrics,
+        "audit": summarise(audit),
+        "files": files,
     }
-    if used == "local":
-        metrics["sha256"] = {rel: sha256(Path(params.dir) / rel) for rel in EXPECTED_ROWS}
-    return tables, metrics, free
+    tables["audit"] = audit
+    return tables, metrics
+
+
+def write(tables: dict[str, pd.DataFrame], out: Path) -> None:
+    """Every table as ``<out>/<name>.parquet``, the folder replaced atomically."""
+    with atomic_path(out, is_dir=True) as tmp:
+        for name, df in tables.items():
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
 
 
 def main() -> None:
-    """Parse the paths dvc.yaml gives, read `data.*` from params.yaml, write every output atomically."""
+    """Parse the paths dvc.yaml gives, read `study.targets` and `data.*` from params.yaml, write the outputs."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder of prepared splits")
-    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON (sizes and overlap audit)")
+    parser.add_argument("--out", type=Path, required=True, help="folder of prepared splits and the audit")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON (sizes, audit summary, checksums)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params().data
-
-    tables, metrics, free = prepare(params)
-    with atomic_path(args.out, is_dir=True) as tmp:
-        for name, df in tables.items():
-            df.to_parquet(tmp / f"{name}.parquet", index=False)
-        (tmp / "overlap_free.json").write_text(json.dumps(free, indent=1) + "\n")
+    params = load_params()
+    tables, metrics = prepare(params.data, params.study.targets)
+    write(tables, args.out)
     write_json(args.metrics, metrics)
-    for split in ("rt_validation", "rt_test"):
-        o = metrics["overlap"][split]["vs_sst2_train"]
-        logger.info("%s: %d of %d sentences also in SST-2 train (%.1f%%)", split, o["count"], o["total"], 100 * o["share"])
+    for target, per_split in metrics["audit"].items():
+        for split, a in per_split.items():
+            logger.info("%s %s: %d sentences; %d in SST-2 (%.1f%%), %d in the source sample, %d clean of SST-2 and its phrases",
+                        target, split, a["n"], a["in_sst2"], 100 * a["in_sst2_share"], a["in_source"], a["clean_phrase"])
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

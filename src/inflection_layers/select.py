@@ -1,22 +1,35 @@
-"""Layer selection from SKI (saturation/knowledge index) scores: inflection layers and the LoRA band.
+"""Stage `select`: the LoRA band of one group by SKI, its controls, and the rival selectors.
 
 SKI(l) = a * (1 - H_l / max_j H_j) + (1 - a) * (1 - G_l / max_j G_j), with H the mean attention
-entropy and G the activation-gradient norm ||dL/dh_l|| of layer l (arXiv 2511.00797). High SKI means
-saturated attention and a suppressed gradient. Pure numpy functions, no I/O.
+entropy and G the activation-gradient norm of layer l (arXiv 2511.00797). High SKI means saturated
+attention and a suppressed gradient. The band: local maxima of SKI (or the paper's greedy rule),
+widened by +-s, optionally capped. Beside it, at the band's size k, from the same diagnostic batches:
+- the random bands (the control): `ski.random_draws` bands of size k, disjoint from the band and of its
+  shape (contiguous if it is) where the depth allows; when it does not, the rule relaxes first the
+  shape, then the disjointness (least overlap first), and each draw records what it is;
+- the complement: the k layers outside the band with the lowest SKI (fewer when fewer are left);
+- Auto-RGN (surgical fine-tuning, arXiv 2210.11466): the top k layers by relative gradient norm
+  ||g|| / ||theta|| of the layer's parameters;
+- representation change: the top k layers by 1 - CKA between the layer's input and output tokens.
+Pure numpy functions, and a thin `main`.
 """
 
 from __future__ import annotations
 
-import logging
 import argparse
+import itertools
+import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from inflection_layers.artifacts import write_csv, write_json
-from inflection_layers.config import REGIMES, Ski, load_params
+from inflection_layers.artifacts import read_csv, write_csv, write_json
+from inflection_layers.cells import REGIMES, TARGETS, Group
+from inflection_layers.config import Ski, load_params
+from inflection_layers.errors import InputError, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -162,50 +175,107 @@ def select_band(
     return {"scores": [float(v) for v in scores], "candidates": candidates, "band": band}
 
 
-def random_band(num_layers: int, size: int, seed: int) -> list[int]:
-    """Equal-budget control: size distinct layers of [0, num_layers), uniform without replacement, sorted."""
-    if not 1 <= size <= num_layers:
-        raise ValueError(f"size must be in [1, num_layers={num_layers}], got {size}")
-    rng = np.random.default_rng(seed)
-    return sorted(int(i) for i in rng.choice(num_layers, size=size, replace=False))
+def contiguous(band: list[int]) -> bool:
+    """Whether a non-empty band is one run of consecutive layers."""
+    return bool(band) and max(band) - min(band) + 1 == len(band)
 
 
-def select_cell(layers: pd.DataFrame, p: Ski, seed: int) -> tuple[dict, pd.DataFrame]:
-    """Band and equal-size random band of one cell from its tidy diagnose table (layer, metric, value).
+def random_bands(num_layers: int, band: list[int], draws: int, rng: np.random.Generator, max_enumerate: int = 200_000) -> list[dict]:
+    """`draws` distinct random bands of len(band) layers, never the band itself, best-admissible first.
 
-    Uses mean attention entropy H and the activation-gradient norm G at each encoder layer's output
-    (layers 0..L-1; the embeddings' output, layer -1, is not a candidate). Returns the selection
-    JSON and a per-layer table (layer, entropy, act_grad, ski, in_band) for DVC plots.
+    Preference tiers: (overlap with the band, shape differs): disjoint and of the band's shape first,
+    then disjoint of any shape, then by increasing overlap. Within a tier the order is uniformly random.
+    Returns [{"layers", "overlap", "contiguous", "tier"}]; fewer than `draws` only when fewer bands exist.
+    """
+    k, chosen = len(band), set(band)
+    if not 1 <= k <= num_layers:
+        raise ValueError(f"band size must be in [1, {num_layers}], got {k}")
+    shape = contiguous(band)
+    if math.comb(num_layers, k) <= max_enumerate:
+        combos = list(itertools.combinations(range(num_layers), k))
+    else:  # too many to list: every contiguous window, and samples from outside the band and from all layers
+        rest = [i for i in range(num_layers) if i not in chosen]
+        windows = [tuple(range(a, a + k)) for a in range(num_layers - k + 1)]
+        outside = [tuple(sorted(rng.choice(rest, k, replace=False).tolist())) for _ in range(50 * draws)] if len(rest) >= k else []
+        anywhere = [tuple(sorted(rng.choice(num_layers, k, replace=False).tolist())) for _ in range(50 * draws)]
+        combos = sorted(set(windows + outside + anywhere))
+    combos = [c for c in combos if set(c) != chosen]
+    keys = [(len(chosen & set(c)), contiguous(list(c)) != shape) for c in combos]
+    order = rng.permutation(len(combos))
+    ranked = sorted(order, key=lambda i: keys[i])[:draws]
+    out = []
+    for i in ranked:
+        overlap, other_shape = keys[i]
+        tier = ("disjoint" if overlap == 0 else f"overlaps the band in {overlap}") + (", other shape" if other_shape else ", same shape")
+        out.append({"layers": [int(l) for l in combos[i]], "overlap": overlap, "contiguous": contiguous(list(combos[i])), "tier": tier})
+    return out
+
+
+def top_k(values: np.ndarray, k: int) -> list[int]:
+    """The k layers with the highest values (ties: lower index first), sorted; values (L,) finite."""
+    v = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"values must be finite, got {v.tolist()}")
+    return sorted(sorted(range(v.size), key=lambda i: (-v[i], i))[:k])
+
+
+def complement(band: list[int], scores: np.ndarray) -> list[int]:
+    """The len(band) layers outside the band with the lowest SKI (ties: lower index), or all that are left."""
+    rest = [i for i in range(len(scores)) if i not in set(band)]
+    return sorted(sorted(rest, key=lambda i: (scores[i], i))[: len(band)])
+
+
+def draw_rng(group: Group) -> np.random.Generator:
+    """The random bands' generator: a different stream per seed, regime and target (never reused across regimes)."""
+    return np.random.default_rng([group.seed, REGIMES.index(group.regime), TARGETS.index(group.target)])
+
+
+def select_group(layers: pd.DataFrame, p: Ski, group: Group) -> tuple[dict, pd.DataFrame]:
+    """Every band of one group from its tidy diagnose table (layer, metric, value).
+
+    Uses the encoder layers 0..L-1 (the embeddings' output, layer -1, is not a candidate). Returns
+    the selection JSON and a per-layer table (layer, <each signal>, ski, in_<each band>) for DVC plots.
     """
     wide = layers[layers["layer"] >= 0].pivot(index="layer", columns="metric", values="value").sort_index()
+    missing = {"entropy", "act_grad", "rgn", "io_change"} - set(wide.columns)
+    if missing:
+        raise InputError(f"the diagnose table lacks the metrics {sorted(missing)}; rerun `dvc repro diagnose`")
     h, g = wide["entropy"].to_numpy(), wide["act_grad"].to_numpy()
     sel = select_band(h, g, method=p.method, alpha=p.alpha, s=p.s, threshold=p.threshold, max_band=p.max_band)
-    rand = random_band(len(h), len(sel["band"]), seed)
-    table = pd.DataFrame({"layer": wide.index, "entropy": h, "act_grad": g, "ski": sel["scores"]})
-    table["in_band"] = table["layer"].isin(sel["band"]).astype(int)
-    result = {"num_layers": len(h), **sel, "band_size": len(sel["band"]), "random_band": rand, "params": vars(p)}
+    k, L = len(sel["band"]), len(h)
+    bands = {
+        "band": sel["band"],
+        "complement": complement(sel["band"], np.asarray(sel["scores"])),
+        "rgn": top_k(wide["rgn"].to_numpy(), k),
+        "cka": top_k(wide["io_change"].to_numpy(), k),
+    }
+    rand = random_bands(L, sel["band"], p.random_draws, draw_rng(group))
+    table = pd.DataFrame({"layer": wide.index, "entropy": h, "act_grad": g, "rgn": wide["rgn"].to_numpy(),
+                          "io_change": wide["io_change"].to_numpy(), "ski": sel["scores"]})
+    for name, b in bands.items():
+        table[f"in_{name}"] = table["layer"].isin(b).astype(int)
+    result = {"num_layers": L, "scores": sel["scores"], "candidates": sel["candidates"], "band_size": k, **bands,
+              "random": rand, "random_disjoint": sum(r["overlap"] == 0 for r in rand), "params": vars(p)}
     return result, table
 
 
 def main() -> None:
-    """Parse the cell and paths dvc.yaml gives, validate `ski.*`, select, write the JSON and the table."""
-    parser = argparse.ArgumentParser(description="Stage `select`: SKI scores and the LoRA band of one source model.")
-    parser.add_argument("--regime", choices=REGIMES, required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    """Parse the group and paths dvc.yaml gives, validate `ski.*`, select, write the JSON and the table."""
+    parser = argparse.ArgumentParser(description="Stage `select`: the SKI band, its controls and the rival selectors of one group.")
+    parser.add_argument("--group", required=True, help="<target>-<regime>-<seed>, e.g. rt-over-42")
     parser.add_argument("--layers", type=Path, required=True, help="tidy per-layer CSV from `diagnose`")
     parser.add_argument("--out", type=Path, required=True, help="selection JSON")
     parser.add_argument("--table", type=Path, required=True, help="per-layer CSV for DVC plots")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = load_params().ski
-
-    if not args.layers.is_file():
-        raise FileNotFoundError(f"{args.layers}: missing; run `dvc repro diagnose` first")
-    result, table = select_cell(pd.read_csv(args.layers), p, args.seed)
-    cell = {"regime": args.regime, "seed": args.seed}
-    write_json(args.out, {**cell, **result})
-    write_csv(args.table, table.assign(**cell))
+    group = Group.parse(args.group)
+    result, table = select_group(read_csv(args.layers), p, group)
+    key = {"target": group.target, "regime": group.regime, "seed": group.seed}
+    write_json(args.out, {**key, **result})
+    write_csv(args.table, table.assign(**key))
+    logger.info("%s: band %s, complement %s, rgn %s, cka %s, random %s (%d disjoint)", group.name, result["band"], result["complement"],
+                result["rgn"], result["cka"], [r["layers"] for r in result["random"]], result["random_disjoint"])
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

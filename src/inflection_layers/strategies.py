@@ -1,88 +1,104 @@
 """Adaptation strategies: each a small, named definition of what is trainable on the target task.
 
-| strategy        | trainable                                                        |
-|-----------------|------------------------------------------------------------------|
-| none            | nothing: the source model evaluated as it is                     |
-| head            | classifier                                                       |
-| shallow         | top `k` encoder layers + pooler + classifier (paper: k = 2)      |
-| full            | everything                                                       |
-| bitfit          | every bias + classifier                                          |
-| lora_selective  | peft LoRA on query/key/value of the SKI band + classifier        |
-| lora_all        | the same LoRA on every layer + classifier                        |
-| lora_random     | the same LoRA on the equal-size random band + classifier         |
+| strategy         | trainable                                                                   |
+|------------------|-----------------------------------------------------------------------------|
+| none             | nothing: the source model evaluated as it is                                |
+| head             | the classification head                                                     |
+| shallow          | top `k` encoder layers + pooler (where the model has one) + head (paper: k = 2) |
+| full             | everything                                                                  |
+| bitfit           | every bias + head                                                           |
+| lora_selective   | peft LoRA on `lora.targets` of the SKI band + head                          |
+| lora_all         | the same LoRA on every layer + head                                         |
+| lora_random_<d>  | the same LoRA on random band d of the SKI band's size + head (the control)  |
+| lora_complement  | the same LoRA on the layers SKI rates lowest, outside its band              |
+| lora_rgn         | the same LoRA on the top layers by relative gradient norm (Auto-RGN)        |
+| lora_cka         | the same LoRA on the top layers by representation change (1 - CKA in/out)   |
+
+Which layers each LoRA strategy adapts is data computed by `select` (:func:`lora_layers`); the
+architecture's module names come from :data:`inflection_layers.modeling.ARCHS`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
-from inflection_layers.config import LORA_STRATEGIES, STRATEGIES, Lora
+from inflection_layers.cells import family, is_lora
+from inflection_layers.config import Lora
+from inflection_layers.modeling import arch
 
 logger = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
+SELECTION_KEYS = {  # LoRA family -> its key in the selection JSON of `select`
+    "lora_selective": "band",
+    "lora_complement": "complement",
+    "lora_rgn": "rgn",
+    "lora_cka": "cka",
+}
 
 
-def _freeze_all_but(model: nn.Module, keep: callable) -> nn.Module:
+def _freeze_all_but(model: nn.Module, keep: Callable[[str], bool]) -> nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad_(bool(keep(name)))
     return model
 
 
-def lora_layers(strategy: str, num_layers: int, band: list[int], random_band: list[int]) -> list[int]:
-    """The encoder layers a LoRA strategy adapts."""
-    return {"lora_selective": band, "lora_all": list(range(num_layers)), "lora_random": random_band}[strategy]
+def lora_layers(strategy: str, num_layers: int, selection: dict) -> list[int]:
+    """The encoder layers a LoRA strategy adapts, from the `select` stage's JSON of its group."""
+    name = family(strategy)
+    if name == "lora_all":
+        return list(range(num_layers))
+    if name == "lora_random":
+        draw = int(strategy.rpartition("_")[2])
+        return list(selection["random"][draw]["layers"])
+    return list(selection[SELECTION_KEYS[name]])
 
 
-def apply_strategy(
-    model: nn.Module,
-    strategy: str,
-    *,
-    shallow_k: int = 2,
-    lora: Lora | None = None,
-    layers: list[int] | None = None,
-) -> nn.Module:
+def apply_strategy(model: nn.Module, strategy: str, *, shallow_k: int, lora: Lora | None = None, layers: list[int] | None = None) -> nn.Module:
     """Make exactly the strategy's parameters trainable; LoRA strategies return a peft model.
 
     `layers` are the encoder layers LoRA adapts (peft's `layers_to_transform`), required for LoRA.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; allowed: {list(STRATEGIES)}")
+    a = arch(model)
     num_layers = model.config.num_hidden_layers
-    if strategy == "none":
+    head = lambda n: n.startswith(a.head)  # noqa: E731
+    name = family(strategy)
+    if name == "none":
         return _freeze_all_but(model, lambda n: False)
-    if strategy == "head":
-        return _freeze_all_but(model, lambda n: n.startswith("classifier."))
-    if strategy == "full":
+    if name == "head":
+        return _freeze_all_but(model, head)
+    if name == "full":
         return _freeze_all_but(model, lambda n: True)
-    if strategy == "bitfit":
-        return _freeze_all_but(model, lambda n: n.startswith("classifier.") or n.endswith(".bias"))
-    if strategy == "shallow":
+    if name == "bitfit":
+        return _freeze_all_but(model, lambda n: head(n) or n.endswith(".bias"))
+    if name == "shallow":
         if not 1 <= shallow_k <= num_layers:
             raise ValueError(f"finetune.shallow_k = {shallow_k} must be in [1, {num_layers}] for this model")
         top = set(range(num_layers - shallow_k, num_layers))
 
         def keep(n: str) -> bool:
             m = _LAYER.search(n)
-            return n.startswith(("classifier.", "bert.pooler.")) or ".pooler." in n or bool(m and int(m.group(1)) in top)
+            return head(n) or n.startswith(a.shallow_extra) or bool(m and int(m.group(1)) in top)
 
         return _freeze_all_but(model, keep)
-    assert strategy in LORA_STRATEGIES
+    if not is_lora(strategy):
+        raise ValueError(f"unknown strategy {strategy!r}")
     if lora is None or not layers:
         raise ValueError(f"{strategy} needs LoRA params and a non-empty list of layers, got {layers!r}")
     bad = [l for l in layers if not 0 <= l < num_layers]
     if bad:
         raise ValueError(f"LoRA layers {bad} outside [0, {num_layers - 1}]")
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,  # keeps (and trains) the classifier: modules_to_save
+        task_type=TaskType.SEQ_CLS,  # keeps (and trains) the classification head: modules_to_save
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.targets),
+        target_modules=sorted(a.lora_targets[t] for t in lora.targets),
         layers_to_transform=sorted(layers),
         layers_pattern="layer",
     )

@@ -1,21 +1,25 @@
-"""What the `source` and `finetune` stages share: tokenising, length-bucketed batches, the optimiser, evaluation.
+"""The engine the `source` and `finetune` stages (and the benchmark) share: batches, the optimiser,
+one training step, and evaluation.
 
 Batches are padded only to their own longest sequence (dynamic padding) and built from examples of
-similar length (bucketing), so little compute goes to padding. The order is a pure function of the
+similar length (bucketing), so little compute goes to padding. Their order is a pure function of the
 seed and epoch, so every strategy of one seed sees the same batches (a paired design).
+:func:`train_step` is the only place where an optimisation step happens: precision, loss, the
+non-finite check, clipping, optimiser and scheduler.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase, get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+from inflection_layers.precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,16 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: 
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def batch_stream(lengths: Sequence[int], batch_size: int, seed: int, steps: int) -> list[np.ndarray]:
+    """The first `steps` batches of `bucketed_batches`, epoch after epoch: a step-based loop's batches, identical for one seed."""
+    out: list[np.ndarray] = []
+    epoch = 0
+    while len(out) < steps:
+        out += bucketed_batches(lengths, batch_size, seed, epoch)
+        epoch += 1
+    return out[:steps]
+
+
 def collate(ids: Sequence[Sequence[int]], idx: Iterable[int], pad_id: int, labels: Sequence[int] | None = None) -> dict[str, Tensor]:
     """Pad the examples `idx` to their longest: input_ids, attention_mask (B, T) and labels (B,)."""
     idx = list(idx)
@@ -63,21 +77,16 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, lora_lr: float | None = None) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights (1-D).
-
-    With `lora_lr`, peft's adapter weights (``lora_`` in the name) get that rate, the rest `lr`.
-    """
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights (1-D)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("no trainable parameters: nothing to optimise")
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for n, p in named:
-        key = (lora_lr if lora_lr is not None and "lora_" in n else lr, weight_decay if p.ndim >= 2 else 0.0)
-        groups.setdefault(key, []).append(p)
+    decay = [p for _, p in named if p.ndim >= 2]
+    no_decay = [p for _, p in named if p.ndim < 2]
+    groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     fused = named[0][1].device.type in ("cpu", "cuda")
-    param_groups = [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -90,67 +99,105 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
     raise ValueError(f"unknown schedule {schedule!r}; allowed: ['linear', 'constant']")
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 mixed precision on a GPU that supports it, else full fp32.
-
-    Not on CPU: bf16 autocast ran slower than fp32 on our 2-core AVX512-BF16 machine (see the benchmark's (d)).
-    """
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def check_finite(loss: Tensor, step: int) -> None:
+def check_finite(loss: float, step: int) -> None:
     """Stop with an error naming the step when the loss is NaN or infinite."""
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"loss is {loss.item()} at step {step}: training diverged; lower the learning rate")
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step}: training diverged; lower the learning rate")
 
 
-def endless_batches(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[np.ndarray]:
-    """`bucketed_batches` epoch after epoch: a step-based loop's batch stream, identical for one seed."""
-    epoch = 0
-    while True:
-        yield from bucketed_batches(lengths, batch_size, seed, epoch)
-        epoch += 1
+def train_step(
+    compute_loss: Callable[[dict[str, Tensor]], Tensor],
+    batch: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    precision: Precision,
+    max_grad_norm: float | None,
+    step: int,
+) -> float:
+    """One optimisation step: loss under the precision's autocast, non-finite check, backward,
+    clipping of the trainable parameters' gradient norm, optimiser and scheduler. Returns the loss.
+
+    compute_loss(batch) -> scalar loss; for a transformers model, ``lambda b: model(**b).loss``.
+    """
+    with precision.autocast():
+        loss = compute_loss(batch)
+    value = loss.item()
+    check_finite(value, step)
+    loss.backward()
+    if max_grad_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
 
 
 @torch.no_grad()
 def predict(
     model: nn.Module,
     ids: Sequence[Sequence[int]],
-    labels: Sequence[int],
     batch_size: int,
     pad_id: int,
     device: torch.device,
-    return_reps: bool = False,
-) -> dict:
+    precision: Precision,
+    *,
+    reps: bool = False,
+    head_input: bool = False,
+) -> dict[str, np.ndarray]:
     """Evaluate in length-sorted batches, in eval mode.
 
-    Returns probs (N, C) float64 in input order, loss (mean NLL), accuracy and, with `return_reps`,
-    from the same forward passes, every hidden state's [CLS] vector, cls (L + 1, N, D) float16
-    (index 0 = embeddings' output), and its mean over the valid tokens, mean (L + 1, N, D) float16.
+    Returns probs (N, C) float64 in input order and, from the same forward passes: with `reps`, every
+    hidden state's first-token vector, cls (L + 1, N, D) float16 (entry 0 = the embeddings' output),
+    and its mean over the valid tokens, mean (L + 1, N, D) float16; with `head_input`, the last hidden
+    state's first token, head_input (N, 1, D) float32 (what the classification head reads).
     """
     was_training = model.training
     model.eval()
     order = np.argsort([len(x) for x in ids], kind="stable")
-    probs = np.zeros((len(ids), model.config.num_labels))
-    reps: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {"probs": np.zeros((len(ids), model.config.num_labels))}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = to_device(collate(ids, idx, pad_id), device)
-        with autocast(device):
-            out = model(**batch, output_hidden_states=return_reps)
-        probs[idx] = torch.softmax(out.logits.double(), -1).cpu().numpy()  # logits (B, C)
-        if return_reps:
-            h = torch.stack(out.hidden_states).float()  # (L + 1, B, T, D)
+        with precision.autocast():
+            res = model(**batch, output_hidden_states=reps or head_input)
+        out["probs"][idx] = torch.softmax(res.logits.double(), -1).cpu().numpy()  # logits (B, C)
+        if reps:
+            h = torch.stack(res.hidden_states).float()  # (L + 1, B, T, D)
             m = batch["attention_mask"][None, :, :, None].to(h.dtype)  # (1, B, T, 1)
-            pooled = {"cls": h[:, :, 0], "mean": (h * m).sum(2) / m.sum(2)}  # (L + 1, B, D) each
-            for name, x in pooled.items():
-                if name not in reps:
-                    reps[name] = np.zeros((x.shape[0], len(ids), x.shape[2]), dtype=np.float16)
-                reps[name][:, idx] = x.half().cpu().numpy()
+            for name, x in (("cls", h[:, :, 0]), ("mean", (h * m).sum(2) / m.sum(2))):  # (L + 1, B, D) each
+                out.setdefault(name, np.zeros((x.shape[0], len(ids), x.shape[2]), dtype=np.float16))[:, idx] = x.half().cpu().numpy()
+        if head_input:
+            last = res.hidden_states[-1][:, :1].float()  # (B, 1, D)
+            out.setdefault("head_input", np.zeros((len(ids), 1, last.shape[2]), dtype=np.float32))[idx] = last.cpu().numpy()
     model.train(was_training)
+    return out
+
+
+def accuracy_and_loss(probs: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
+    """(accuracy, mean NLL) of probabilities (N, C) against labels (N,)."""
     y = np.asarray(labels)
     nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-300, None))
-    result = {"probs": probs, "loss": float(nll.mean()), "accuracy": float((probs.argmax(1) == y).mean())}
-    return result | reps
+    return float((probs.argmax(1) == y).mean()), float(nll.mean())
+
+
+def probe_step(model: nn.Module, ids: Sequence[Sequence[int]], labels: Sequence[int], pad_id: int, batch_size: int, device: torch.device) -> Callable[[str], None]:
+    """A representative forward + backward of `model` at `batch_size`, under a named precision, for :func:`precision.resolve`'s probe."""
+    idx = np.argsort([len(x) for x in ids])[len(ids) // 2 :][:batch_size]
+    batch = to_device(collate(ids, idx, pad_id, labels), device)
+
+    def run(name: str) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
+            loss = model(**batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def iterate(items: Sequence, desc: str) -> Iterator:
+    """A tqdm bar over `items` (quiet when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=desc, disable=None, leave=False))

@@ -1,0 +1,156 @@
+"""The single definition of the study's units: sources, groups and cells, their names, and the layer index.
+
+- A **source** is one source model: (regime, seed), named ``over-42``.
+- A **group** is one source model adapted to one target: (target, regime, seed), named
+  ``rt-over-42``. `diagnose`, `select`, `finetune` and `finetune_lora` run once per group.
+- A **cell** is one strategy in one group, named ``rt-over-42/lora_selective``. The random-band
+  control has ``ski.random_draws`` cells per group, ``lora_random_0``, ``lora_random_1``, ...;
+  their family is ``lora_random``.
+
+A cell's files live at ``<root>/<group>/<strategy>[suffix]``, where the root is the output folder
+that dvc.yaml gives the stage of the cell's kind (`finetune` for plain strategies, `finetune_lora`
+for LoRA ones); :func:`locate` finds a cell among the roots it is given.
+
+**Layer index.** Layers are numbered as the encoder numbers them, 0 .. L-1; the embeddings' output is
+layer -1. A model's ``hidden_states`` tuple has L + 1 entries, so entry i is layer ``i - 1``
+(:func:`layer_of`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from inflection_layers.errors import InputError
+
+TARGETS = ("rt", "cr")
+TARGET_NAMES = {"rt": "Rotten Tomatoes", "cr": "customer reviews (CR)"}
+REGIMES = ("under", "over")
+EVAL_SPLITS = ("validation", "test")
+PLAIN_STRATEGIES = ("none", "head", "shallow", "full", "bitfit")
+LORA_STRATEGIES = ("lora_selective", "lora_all", "lora_random", "lora_complement", "lora_rgn", "lora_cka")
+STRATEGIES = PLAIN_STRATEGIES + LORA_STRATEGIES
+FROZEN_ENCODER = ("none", "head")  # strategies whose encoder does not change: features computed once per group
+EMBEDDINGS_LAYER = -1
+
+
+def layer_of(hidden_state_index: int) -> int:
+    """The layer a ``hidden_states`` entry belongs to: entry 0 is the embeddings' output (layer -1)."""
+    return hidden_state_index - 1
+
+
+def family(strategy: str) -> str:
+    """The strategy a cell name belongs to: ``lora_random_3`` -> ``lora_random``; others are their own."""
+    head, _, tail = strategy.rpartition("_")
+    return head if head == "lora_random" and tail.isdigit() else strategy
+
+
+def draw(strategy: str) -> int | None:
+    """The random draw of a ``lora_random_<d>`` cell, else None."""
+    return int(strategy.rpartition("_")[2]) if family(strategy) == "lora_random" else None
+
+
+def is_lora(strategy: str) -> bool:
+    """Whether a cell's strategy is a LoRA one (it runs in `finetune_lora`)."""
+    return family(strategy) in LORA_STRATEGIES
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Source:
+    """One source model."""
+
+    regime: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.regime}-{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Group:
+    """One source model adapted to one target."""
+
+    target: str
+    regime: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}-{self.regime}-{self.seed}"
+
+    @property
+    def source(self) -> Source:
+        return Source(self.regime, self.seed)
+
+    @classmethod
+    def parse(cls, name: str) -> Group:
+        """``rt-over-42`` -> Group('rt', 'over', 42)."""
+        target, regime, seed = name.split("-")
+        return cls(target, regime, int(seed))
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Cell:
+    """One strategy in one group."""
+
+    group: Group
+    strategy: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.group.name}/{self.strategy}"
+
+    @property
+    def family(self) -> str:
+        return family(self.strategy)
+
+    def key(self) -> dict[str, Any]:
+        """The columns that identify the cell in every tidy table."""
+        g = self.group
+        return {"target": g.target, "regime": g.regime, "seed": g.seed, "strategy": self.strategy, "family": self.family}
+
+
+def expand(strategies: Iterable[str], random_draws: int) -> list[str]:
+    """Cell strategy names: ``lora_random`` becomes ``lora_random_0`` .. ``lora_random_<draws - 1>``."""
+    out: list[str] = []
+    for s in strategies:
+        out += [f"lora_random_{d}" for d in range(random_draws)] if s == "lora_random" else [s]
+    return out
+
+
+def sources(study: Any) -> list[Source]:
+    """Every source model of a params' `study` section, in study order."""
+    return [Source(r, s) for r in study.regimes for s in study.seeds]
+
+
+def groups(study: Any) -> list[Group]:
+    """Every (target, regime, seed) group, in study order."""
+    return [Group(t, r, s) for t in study.targets for r in study.regimes for s in study.seeds]
+
+
+def cells(params: Any, lora: bool | None = None, analysis_only: bool = False) -> list[Cell]:
+    """Every cell of a params file: plain (lora False), LoRA (True) or both (None); `analysis_only` keeps
+    the cells whose representations are saved (`analysis.strategies`)."""
+    study = params.study
+    names = (study.strategies if lora is not True else []) + (study.lora_strategies if lora is not False else [])
+    keep = set(params.analysis.strategies)
+    return [
+        Cell(g, s) for g in groups(study) for s in expand(names, params.ski.random_draws)
+        if not analysis_only or family(s) in keep
+    ]
+
+
+def locate(roots: Sequence[Path | str], cell: Cell, suffix: str = "") -> Path:
+    """The path ``<root>/<group>/<strategy><suffix>`` of a cell in whichever root holds it.
+
+    suffix: "" (the cell's folder), ".json" (its metrics), "-layers.csv" (its per-layer diagnostics).
+    """
+    candidates = [Path(root) / cell.group.name / f"{cell.strategy}{suffix}" for root in roots]
+    for path in candidates:
+        if path.exists():
+            return path
+    raise InputError(f"cell {cell.name}: none of {[str(c) for c in candidates]} exists; "
+                     "run `dvc repro finetune finetune_lora` (the stages that write the cells) first")

@@ -1,0 +1,189 @@
+"""Statistics of the study's report: two arms compared over seeds, the seed as the unit of replication.
+
+An *arm* is one regime x strategy; ``a`` and ``b`` are its (S, N) 0/1 "prediction right" arrays over S
+seeds (rows, paired by seed) and N evaluation examples (columns, paired by position). The primary
+quantity is the per-seed paired difference ``acc_a[s] - acc_b[s]`` (S,), analysed with a one-sample
+t-test / t-interval, TOST and a t-test power analysis; a hierarchical bootstrap (seeds, then examples)
+and per-seed exact McNemar tests are secondary. Every difference is a fraction of 1. Pure functions,
+no I/O; the computations themselves are scipy's and statsmodels'.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import DescrStatsW
+
+_CHUNK = 256  # bootstrap resamples drawn per block (memory: _CHUNK * S * N indices)
+
+
+def _diffs(diffs: np.ndarray) -> np.ndarray:
+    """diffs as a finite 1-D float64 array (S,)."""
+    x = np.asarray(diffs, dtype=np.float64).reshape(-1)
+    if not np.isfinite(x).all():
+        raise ValueError(f"per-seed differences must be finite, got {x.tolist()}")
+    return x
+
+
+def _constant(x: np.ndarray) -> bool:
+    """True when every value of x (S,) is the same (exactly: sd == 0, free of rounding noise)."""
+    return bool(np.all(x == x[0]))
+
+
+def _arms(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a, b as (S, N) float64 arrays of one shape, S >= 1 and N >= 1 (a 1-D array is one seed)."""
+    a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.ndim != 2 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"a and b must be non-empty (S, N) arrays of one shape, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def seed_interval(diffs: np.ndarray, confidence: float) -> dict:
+    """Mean, sd (ddof 1), n, two-sided t-interval (low, high) and one-sample t-test p (H0: mean 0) of diffs (S,).
+
+    S == 0: everything nan (n 0). S == 1: the mean only; sd, low, high and p nan.
+    sd == 0 with S >= 2 (all seeds agree exactly): the interval is the point (low = high = mean) and
+    p = 0 when mean != 0, else 1 (the limits of the t-test as sd -> 0).
+    """
+    x = _diffs(diffs)
+    out = {"mean": math.nan, "sd": math.nan, "n": int(x.size), "low": math.nan, "high": math.nan, "p": math.nan}
+    if x.size == 0:
+        return out
+    out["mean"] = float(x.mean())
+    if x.size < 2:
+        return out
+    if _constant(x):
+        m = float(x[0])
+        return out | {"mean": m, "sd": 0.0, "low": m, "high": m, "p": 0.0 if m != 0 else 1.0}
+    low, high = DescrStatsW(x).tconfint_mean(alpha=1 - confidence)
+    p = stats.ttest_1samp(x, 0.0).pvalue
+    return out | {"sd": float(x.std(ddof=1)), "low": float(low), "high": float(high), "p": float(p)}
+
+
+def hierarchical_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_boot: int, confidence: float, rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """(mean of acc_a - acc_b over seeds, percentile low, percentile high) of a two-stage bootstrap; a, b (S, N) 0/1.
+
+    Each resample draws S seeds with replacement, then for each drawn seed N examples with replacement
+    (independently per drawn seed), the same example indices for A and B; its statistic is the mean over
+    the drawn seeds of acc_A - acc_B. Draw order (for reproducibility): per block of up to ``_CHUNK``
+    resamples, ``rng.integers(0, S, (B, S))`` then ``rng.integers(0, N, (B, S, N))``.
+    """
+    a, b = _arms(a, b)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    d = a - b  # (S, N) per-example differences
+    S, N = d.shape
+    boots = np.empty(n_boot)
+    for start in range(0, n_boot, _CHUNK):
+        B = min(_CHUNK, n_boot - start)
+        seeds = rng.integers(0, S, size=(B, S))  # (B, S) drawn seeds
+        examples = rng.integers(0, N, size=(B, S, N))  # (B, S, N) drawn examples per drawn seed
+        boots[start : start + B] = d[seeds[:, :, None], examples].mean(axis=(1, 2))
+    low, high = np.quantile(boots, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(d.mean()), float(low), float(high)
+
+
+def equivalence_test(diffs: np.ndarray, margin: float, alpha: float) -> dict:
+    """TOST of diffs (S,) against the equivalence interval (-margin, +margin) (statsmodels ttost_mean).
+
+    Returns mean, sd, n, margin, p (= max of the two one-sided p), p_lower (H0: mean <= -margin),
+    p_upper (H0: mean >= +margin), equivalent (p < alpha) and low, high: the (1 - 2 alpha) t-interval,
+    which lies inside (-margin, margin) exactly when equivalent. S < 2: p nan, not equivalent, interval nan.
+    sd == 0 (S >= 2): the interval is the point; equivalent iff |mean| < margin, with p 0 if so, else 1.
+    """
+    x = _diffs(diffs)
+    if not (margin > 0 and math.isfinite(margin)):
+        raise ValueError(f"margin must be a positive finite number, got {margin}")
+    base = seed_interval(x, 1 - 2 * alpha)
+    out = {"mean": base["mean"], "sd": base["sd"], "n": base["n"], "margin": float(margin),
+           "p": math.nan, "p_lower": math.nan, "p_upper": math.nan, "equivalent": False, "low": math.nan, "high": math.nan}
+    if x.size < 2:
+        return out
+    out |= {"low": base["low"], "high": base["high"]}
+    if base["sd"] == 0:
+        m = base["mean"]
+        p_lo, p_up = float(not m > -margin), float(not m < margin)
+        return out | {"p": max(p_lo, p_up), "p_lower": p_lo, "p_upper": p_up, "equivalent": abs(m) < margin}
+    p, (_, p_lo, _), (_, p_up, _) = DescrStatsW(x).ttost_mean(-margin, margin)
+    return out | {"p": float(p), "p_lower": float(p_lo), "p_upper": float(p_up), "equivalent": bool(p < alpha)}
+
+
+def detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
+    """Smallest mean paired difference a two-sided one-sample t-test over n seeds detects with `power`, given seed sd.
+
+    statsmodels TTestPower().solve_power (standardised effect) times sd; nan when n < 2 or sd is nan, 0 when sd == 0.
+    """
+    if n < 2 or sd is None or math.isnan(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    es = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(np.asarray(es).item()) * float(sd)
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
+    """Exact McNemar test of one seed on 'right' arrays a, b (N,): (A-only right, B-only right, two-sided p).
+
+    statsmodels mcnemar(exact=True); p = 1 without discordant pairs.
+    """
+    a, b = np.asarray(a, dtype=bool).reshape(-1), np.asarray(b, dtype=bool).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have one shape, got {a.shape} and {b.shape}")
+    n_ab, n_ba = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if n_ab + n_ba == 0:
+        return n_ab, n_ba, 1.0
+    table = [[int(np.sum(a & b)), n_ab], [n_ba, int(np.sum(~a & ~b))]]
+    return n_ab, n_ba, float(mcnemar(table, exact=True).pvalue)
+
+
+def holm(pvalues: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Holm's step-down correction of pvalues (K,) (statsmodels multipletests): (reject (K,) bool, p_adjusted (K,)).
+
+    nan p-values are left out of the family: their p_adjusted stays nan and they are not rejected.
+    """
+    p = np.asarray(pvalues, dtype=np.float64).reshape(-1)
+    reject, adjusted = np.zeros(p.size, dtype=bool), np.full(p.size, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        reject[ok], adjusted[ok], _, _ = multipletests(p[ok], alpha=alpha, method="holm")
+    return reject, adjusted
+
+
+def points(diffs: np.ndarray) -> str:
+    """diffs (S,) as accuracy points with 2 decimals joined by ';' (never '-0.00')."""
+    return ";".join(f"{round(100 * float(d), 2) + 0.0:.2f}" for d in np.asarray(diffs).reshape(-1))
+
+
+def compare_arms(
+    a: np.ndarray, b: np.ndarray, *, n_boot: int, confidence: float, alpha: float, power: float, seed: int
+) -> dict:
+    """Every statistic of one comparison of arms a, b (S, N) 0/1 (fractions of 1, A - B).
+
+    Keys: n_seeds, n_examples, acc_a, acc_b, diffs (S,) array, diffs_points ('1.23;-0.40;...'),
+    diff, sd, ci_low, ci_high, p (seed t-test: :func:`seed_interval`), boot_low, boot_high
+    (:func:`hierarchical_bootstrap`, generator seeded with `seed`), n_a_only, n_b_only (discordant pairs
+    summed over seeds), p_mcnemar_seeds (each seed's exact p, ';'-joined; secondary, per example) and
+    detectable_effect (:func:`detectable_effect` at alpha, power).
+    """
+    a, b = _arms(a, b)
+    diffs = a.mean(axis=1) - b.mean(axis=1)  # (S,)
+    si = seed_interval(diffs, confidence)
+    _, boot_low, boot_high = hierarchical_bootstrap(a, b, n_boot, confidence, np.random.default_rng(seed))
+    tests = [mcnemar_exact(x, y) for x, y in zip(a, b)]
+    return {
+        "n_seeds": int(a.shape[0]), "n_examples": int(a.shape[1]),
+        "acc_a": float(a.mean()), "acc_b": float(b.mean()),
+        "diffs": diffs, "diffs_points": points(diffs),
+        "diff": si["mean"], "sd": si["sd"], "ci_low": si["low"], "ci_high": si["high"], "p": si["p"],
+        "boot_low": boot_low, "boot_high": boot_high,
+        "n_a_only": sum(t[0] for t in tests), "n_b_only": sum(t[1] for t in tests),
+        "p_mcnemar_seeds": ";".join(f"{t[2]:.4g}" for t in tests),
+        "detectable_effect": detectable_effect(si["sd"], si["n"], alpha, power),
+    }

@@ -1,0 +1,82 @@
+"""Stage `validate`: the whole of params.yaml, checked before any other stage runs.
+
+Every other stage depends on this stage's output, a small file whose content never changes while
+the parameters are valid: DVC therefore runs `validate` first whenever params.yaml changes, stops
+the pipeline on a bad value before any other stage has deleted its previous outputs, and reruns
+nothing downstream when the parameters pass. Checked: unknown, missing and mistyped keys and ranges
+(the typed schema of :mod:`inflection_layers.config`), and the constraints that need the model's
+depth or the data's size, read cheaply from the model's config.json and the data's known counts.
+Each message names the full key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from inflection_layers.artifacts import write_json
+from inflection_layers.cells import expand, family
+from inflection_layers.config import Params, load_params
+from inflection_layers.data import SPLIT_SIZES, SST2_TRAIN_SIZE
+from inflection_layers.errors import ModelError, ParamError, run_main
+from inflection_layers.modeling import ARCHS, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+CONTENT = {"params": "valid"}  # the output's content: constant while the parameters are valid
+
+
+def model_shape(name: str) -> tuple[str, int]:
+    """(model_type, number of layers) from the model's config.json, without loading weights."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=Path(path).is_dir())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model.name = {name!r}: its config cannot be read ({str(e).splitlines()[0]})") from e
+    return config.model_type, config.num_hidden_layers
+
+
+def check(params: Params, model_type: str, num_layers: int) -> None:
+    """Every constraint between sections, the model and the data; raises ParamError naming the key."""
+    def need(ok: bool, key: str, value: object, allowed: str) -> None:
+        if not ok:
+            raise ParamError(key, value, allowed)
+
+    model = f"(the model {params.model.name!r} has {num_layers} layers)"
+    need(model_type in ARCHS, "model.name", params.model.name, f"a model of a supported family {sorted(ARCHS)}; this one is {model_type!r}")
+    need(params.finetune.shallow_k <= num_layers, "finetune.shallow_k", params.finetune.shallow_k, f"an integer in [1, {num_layers}] {model}")
+    need(params.ski.max_band is None or params.ski.max_band <= num_layers, "ski.max_band", params.ski.max_band, f"null or an integer in [1, {num_layers}] {model}")
+    need(params.data.sst2_subsample <= SST2_TRAIN_SIZE, "data.sst2_subsample", params.data.sst2_subsample, f"an integer in [0, {SST2_TRAIN_SIZE:,}] (0 = all)")
+    run = {family(s) for s in expand(params.study.strategies + params.study.lora_strategies, 1)}
+    for s in params.analysis.strategies:
+        need(s in run, "analysis.strategies", s, f"strategies the study runs: {sorted(run)}")
+    for target in params.study.targets:
+        sizes = SPLIT_SIZES[target]
+        need(params.diagnose.batches * params.diagnose.batch_size <= sizes["train"], "diagnose.batches", params.diagnose.batches,
+             f"at most {sizes['train'] // params.diagnose.batch_size} batches of {params.diagnose.batch_size} ({target} train has {sizes['train']:,} examples)")
+        for split in params.finetune.eval_splits:
+            need(params.data.eval_subsample <= sizes[split], "data.eval_subsample", params.data.eval_subsample,
+                 f"0 (all) or at most {sizes[split]:,} ({target} {split} has {sizes[split]:,} examples)")
+        sample = sum(min(params.data.eval_subsample or sizes[s], sizes[s]) for s in params.finetune.eval_splits)
+        for share, what in ((params.probe.train_fraction, "train"), (1 - params.probe.train_fraction, "evaluate")):
+            need(share * sample >= 20, "probe.train_fraction", params.probe.train_fraction,
+                 f"a share that leaves at least 20 sentences to {what} on ({target}'s analysis sample has {sample:,})")
+
+
+def main() -> None:
+    """Validate params.yaml completely; write the constant marker file only when it passes."""
+    parser = argparse.ArgumentParser(description="Stage `validate`: check every parameter before any stage runs.")
+    parser.add_argument("--out", type=Path, required=True, help="the marker file every stage depends on")
+    args = parser.parse_args()
+    params = load_params()
+    model_type, num_layers = model_shape(params.model.name)
+    check(params, model_type, num_layers)
+    write_json(args.out, CONTENT)
+    logger.info("params.yaml is valid (profile %s; model %s, %d layers)", params.study.profile, params.model.name, num_layers)
+
+
+if __name__ == "__main__":
+    run_main(main)
