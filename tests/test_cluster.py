@@ -93,7 +93,8 @@ def free_port() -> int:
 
 def install_slurm() -> None:
     """apt-get install slurm-wlm and munge when slurmctld is missing (root only); else fail with the reason."""
-    if Path("/usr/sbin/slurmctld").exists() and shutil.which("munged") and shutil.which("sbatch"):
+    daemons = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/sbin/mungekey")
+    if all(Path(d).exists() for d in daemons) and shutil.which("sbatch"):
         return
     if os.geteuid() != 0:
         pytest.fail("Slurm is not installed and this is not root: apt-get install -y slurm-wlm munge")
@@ -117,9 +118,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         (r / sub).mkdir(parents=True)
     (r / "munge").chmod(0o755)  # 700 makes non-root sbatch fail: "Munge encode failed"
     key = r / "munge/munge.key"
-    run("mungekey", "--create", f"--keyfile={key}")
+    run("/usr/sbin/mungekey", "--create", f"--keyfile={key}")
     key.chmod(0o600)
-    run("munged", "--force", f"--key-file={key}", f"--socket={r}/munge/munge.socket",
+    run("/usr/sbin/munged", "--force", f"--key-file={key}", f"--socket={r}/munge/munge.socket",
         f"--pid-file={r}/munge/munged.pid", f"--log-file={r}/munge/munged.log", f"--seed-file={r}/munge/munged.seed")
     probe = run("/usr/sbin/slurmd", "-C", env={k: v for k, v in os.environ.items() if k != "SLURM_CONF"}).stdout
     hw = dict(re.findall(r"(\w+)=(\d+)", probe.splitlines()[0]))

@@ -1,4 +1,4 @@
-"""Profiles: params.yaml is the default profile as DVC's Hydra composition writes it, and every profile validates."""
+"""Profiles: params.yaml is the default profile as DVC's Hydra composition writes it; each profile says what it claims."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from inflection_layers.config import ParamError, parse_params
+from inflection_layers.cells import cells
+from inflection_layers.config import parse_params
+from inflection_layers.errors import ParamError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted(p.stem for p in (ROOT / "src/inflection_layers/conf/profile").glob("*.yaml"))
@@ -21,30 +23,54 @@ def composed(*overrides: str) -> str:
         return OmegaConf.to_yaml(compose(config_name="config", overrides=list(overrides)))
 
 
+def profile(name: str, *overrides: str):
+    return parse_params(yaml.safe_load(composed(f"profile={name}", *overrides)))
+
+
 def test_committed_params_are_the_default_profile_byte_for_byte() -> None:
     """Otherwise the first `dvc exp run` would silently change the study."""
     assert (ROOT / "params.yaml").read_text() == composed()
 
 
-@pytest.mark.parametrize("profile", PROFILES)
-def test_every_profile_validates_and_names_itself(profile: str) -> None:
-    params = parse_params(yaml.safe_load(composed(f"profile={profile}")))
-    assert params.study.profile == profile
+def test_the_profiles() -> None:
+    assert PROFILES == ["base-check", "default", "paper", "paper-offline", "quick", "smoke"]
 
 
-def test_profiles_differ_where_they_should() -> None:
-    assert PROFILES == ["default", "paper", "smoke"]
-    default, paper, smoke = (parse_params(yaml.safe_load(composed(f"profile={p}"))) for p in PROFILES)
-    assert paper.model.name == "bert-base-uncased" and paper.data.sst2_subsample == 0
-    assert (paper.source.lr, paper.finetune.lr, paper.lora.lr, paper.finetune.steps) == (2e-5, 2e-5, 2e-5, 300)
-    assert paper.finetune.eval_splits == ["rt_validation", "rt_test"]
-    assert default.model.name == "packaged" and default.study.seeds == [42, 43, 44]
-    assert len(default.study.cells()) == 48 and len(smoke.study.cells()) == 16
+def test_the_default_runs_the_papers_adaptation_protocol_on_both_targets() -> None:
+    p = profile("default")
+    assert (p.finetune.steps, p.finetune.batch_size, p.source.batch_size) == (300, 16, 32)
+    assert p.data.sst2_subsample >= 4000 or p.data.sst2_subsample == 0
+    assert (p.source.epochs_under, p.source.epochs_over) == (1, 8) and p.study.seeds == [42, 43, 44]
+    assert p.study.targets == ["rt", "cr"] and p.ski.random_draws >= 5
+    assert len(cells(p)) == 2 * 2 * 3 * (5 + 5 + p.ski.random_draws)
+
+
+def test_the_paper_profile_is_the_papers_setting() -> None:
+    p = profile("paper")
+    assert p.model.name == "bert-base-uncased" and p.data.sst2_subsample == 0
+    assert {p.source.lr, p.lora.lr, *vars(p.finetune.lr).values()} == {2e-5}
+    assert (p.finetune.steps, p.finetune.batch_size, p.lora.rank, p.lora.alpha, p.lora.dropout) == (300, 16, 4, 16, 0.05)
+    assert (p.ski.method, p.ski.threshold, p.ski.max_band, p.ski.s) == ("greedy", 0.25, None, 1)
+    assert p.finetune.eval_splits == ["validation", "test"] and p.probe.epochs == 20
+
+
+def test_the_offline_paper_profile_changes_only_the_model() -> None:
+    paper, offline = yaml.safe_load(composed("profile=paper")), yaml.safe_load(composed("profile=paper-offline"))
+    assert offline["model"]["name"] == "packaged-base"
+    for d in (paper, offline):
+        d["model"].pop("name"), d["study"].pop("profile")
+    assert paper == offline
+
+
+def test_quick_keeps_the_first_small_scale_and_smoke_is_tiny() -> None:
+    quick, smoke = profile("quick"), profile("smoke")
+    assert (quick.data.sst2_subsample, quick.finetune.steps, quick.study.targets) == (400, 30, ["rt"])
+    assert smoke.study.seeds == [42] and smoke.finetune.steps < 10 and smoke.study.targets == ["rt", "cr"]
 
 
 def test_an_override_composes_on_top_of_a_profile() -> None:
-    params = parse_params(yaml.safe_load(composed("profile=smoke", "lora.rank=8")))
-    assert params.lora.rank == 8 and params.study.profile == "smoke"
+    p = profile("smoke", "lora.rank=8")
+    assert p.lora.rank == 8 and p.study.profile == "smoke"
 
 
 def test_a_bad_override_is_refused_with_its_key() -> None:

@@ -9,8 +9,6 @@ states one (from stated.csv), else None: a direction only.
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from inflection_layers import verdicts as V
@@ -56,7 +54,7 @@ def _missing(pid: str, target: str, text: str, section: str, paper_value: str, l
 def p1(ev: Evidence, target: str) -> tuple[dict, list[dict]]:
     """P1: OVER outperforms UNDER by about the stated gap, for every strategy (per-seed OVER - UNDER)."""
     acc, gap = primary(ev.acc, target), ev.paper.gap()
-    text = f"OVER outperforms UNDER by about {diff_text(gap)} across all settings"
+    text = f"OVER outperforms UNDER by about {'n/a' if gap is None else f'{100 * gap:.2f}'} points across all settings"
     paper_value = f"{diff_text(gap)} for every strategy"
     fams = [f for f in families(acc) if f != "none" and both(acc, f)]
     if not fams:
@@ -237,7 +235,7 @@ def p11(ev: Evidence) -> tuple[dict, list[dict]]:
         ok = any(_sig_round(e, stated) == stated for e in exact)
         parts.append(category_part("P11", "all", f"{s}: stated ~{stated:,} vs exact for bert-base {' or '.join(f'{e:,}' for e in exact)}"
                                    f" (stated / exact = {stated / exact[0]:.2f})", [ok], True, expected_text="the stated count at its precision",
-                                   paper_value=f"~{stated:,}"))
+                                   shown=["agrees" if ok else f"disagrees: the exact count rounds to {_sig_round(exact[0], stated):,}"], paper_value=f"~{stated:,}"))
     c = ev.cells
     lora = c[c["family"].isin(LORA_STRATEGIES)] if len(c) else c
     if len(lora) and ev.width:
@@ -275,8 +273,3 @@ def all_claims(ev: Evidence, targets: list[str]) -> tuple[pd.DataFrame, pd.DataF
     claims = claims.iloc[sorted(range(len(claims)), key=lambda i: (order[claims["id"].iloc[i]], i))].reset_index(drop=True)
     return claims, pd.DataFrame(parts, columns=PART_COLUMNS)
 
-
-def verdict_code(verdict: str) -> float:
-    from inflection_layers.claims_base import CODES
-
-    return CODES[verdict] if verdict in CODES else math.nan

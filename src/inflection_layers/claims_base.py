@@ -108,8 +108,8 @@ def seed_part(pid: str, target: str, label: str, values: pd.Series | np.ndarray,
         low, high = si["low"], si["high"]
         verdict = V.RULES[test](low, high, mde, effect)
     conv = (lambda v: math.exp(v) if math.isfinite(v) else math.nan) if log else (lambda v: scale * v)
-    interval = f"[{show_raw(low)}, {show_raw(high)}]" if si["n"] >= 2 else ""
-    reason = f"{label}: mean {show_raw(si['mean'])} {interval} over {si['n']} seed(s); " + _explain(verdict, test, low, high, mde, effect, si["n"], show_raw)
+    interval = f" [{show_raw(low)}, {show_raw(high)}]" if si["n"] >= 2 else ""
+    reason = f"{label}: mean {show_raw(si['mean'])}{interval} over {si['n']} seed(s); " + _explain(verdict, test, low, high, mde, effect, si["n"], show_raw)
     if margin is not None:
         reason += f" (margin {show_raw(margin)}: {margin_reason})" if margin_reason else f" (margin {show_raw(margin)})"
     return {"id": pid, "target": target, "part": label, "test": test + (" (log ratio)" if log else ""), "in_verdict": in_verdict,
@@ -125,7 +125,8 @@ def category_part(pid: str, target: str, label: str, observed: list, expected: A
     cells = [o for o in observed if o is not None]
     k = sum(V._same(o, expected) for o in cells)
     seen = ", ".join(str(s) for s in (shown if shown is not None else observed))
-    reason = (f"{label}: {k} of {len(cells)} cell(s) match {expected_text or expected} (observed: {seen})" if cells
+    what = "hold" if expected is True and not expected_text else f"match {expected_text or expected}"
+    reason = (f"{label}: {k} of {len(cells)} cell(s) {what} (observed: {seen})" if cells
               else f"{label}: no cell to observe")
     return {"id": pid, "target": target, "part": label, "test": "categorical", "in_verdict": in_verdict,
             "ours": k / len(cells) if cells else math.nan, "ci_low": math.nan, "ci_high": math.nan, "unit": "share of cells",

@@ -94,7 +94,8 @@ def main() -> None:
     write_csv(args.layers, pd.DataFrame(tidy(means, **key)))
     L, H = heads.shape
     write_csv(args.heads, pd.DataFrame([{"layer": l, "head": h, "entropy": float(heads[l, h]), **key} for l in range(L) for h in range(H)]))
-    write_json(args.metrics, {**key, **scalars, "wall_seconds": round(wall, 2), "tokens_per_second": round(scalars["tokens"] / wall, 1)})
+    write_json(args.metrics, {**key, **scalars, "wall_seconds": round(wall, 2), "tokens_per_second": round(scalars["tokens"] / wall, 1),
+                              "precision": "fp32", "precision_reason": "diagnostics are always measured in fp32"})
     logger.info("%s: entropy minimum at layer %d; %.1f s", group.name, int(np.argmin(means["entropy"])), wall)
 
 

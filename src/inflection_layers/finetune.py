@@ -12,7 +12,7 @@ evaluation sentences and over the train examples the batch stream uses; `head` t
 those features. Every other cell starts from the source checkpoint on disk.
 
 Writes, per cell: <out>/<strategy>/predictions.parquet (id, split, label, prob_pos, pred); for the
-cells of `analysis.strategies`, the representations of the analysis sample (the evaluation splits
+cells of `analysis.strategies` (the only ones whose adaptation-time diagnostics are recorded), the representations of the analysis sample (the evaluation splits
 in order) at every hidden state, cls.npy ([CLS]) and mean.npy (mean over tokens), each (L + 1, N, D)
 float16; for LoRA, the peft adapter; <metrics>/<strategy>.json and <metrics>/stage.json (wall time,
 tokens/s, precision); <plots>/<strategy>-layers.csv and <strategy>-curve.csv.
@@ -86,12 +86,13 @@ def diagnostic_steps(steps: int, every: int) -> set[int]:
     return set(range(0, steps, every)) | {steps - 1}
 
 
-def train_cell(model: torch.nn.Module, params: Params, data: GroupData, device: torch.device, precision: Precision, lr: float, desc: str) -> tuple[list[dict], list[dict], int]:
+def train_cell(model: torch.nn.Module, params: Params, data: GroupData, device: torch.device, precision: Precision, lr: float, desc: str,
+               diagnose: bool = True) -> tuple[list[dict], list[dict], int]:
     """The flat training loop of an encoder-training cell -> (diagnostic records, curve rows, real tokens)."""
     p = params.finetune
     optimizer = make_optimizer(model, lr, p.weight_decay)
     scheduler = make_scheduler(optimizer, p.schedule, p.steps, p.warmup_ratio)
-    diag = diagnostic_steps(p.steps, p.diag_every)
+    diag = diagnostic_steps(p.steps, p.diag_every) if diagnose else set()
     records, curve, tokens = [], [], 0
     model.train()
     for step, idx in enumerate(iterate(data.stream, desc)):
@@ -189,7 +190,7 @@ def run_group(params: Params, group: Group, strategies: list[str], source: Path,
             model = apply_strategy(load_model(str(source)), strategy, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers).to(device)
             trainable = trainable_parameters(model)
             t0 = time.perf_counter()
-            records, curve, n_tok = train_cell(model, params, data, device, precision, params.lr(strategy), f"{cell.name}")
+            records, curve, n_tok = train_cell(model, params, data, device, precision, params.lr(strategy), cell.name, diagnose=family(strategy) in keep)
             seconds = time.perf_counter() - t0
             ev = predict(model, data.eval_ids, params.finetune.eval_batch_size, data.pad, device, precision, reps=family(strategy) in keep)
             probs, reps = ev["probs"], ({k: ev[k] for k in ("cls", "mean")} if family(strategy) in keep else None)

@@ -18,6 +18,7 @@ from inflection_layers.artifacts import read_csv
 
 # bert-base-uncased's architecture (its config.json): the model the paper's counts and layer indices refer to.
 BERT_BASE = {"layers": 12, "width": 768, "intermediate": 3072, "vocab": 30522, "positions": 512, "types": 2, "labels": 2}
+PAPER_TARGET = "rt"  # the paper adapts to Rotten Tomatoes only: its accuracies are compared on this target
 COLUMNS = ["kind", "regime", "strategy", "layer", "value", "std", "unit", "section", "note"]
 
 
@@ -43,12 +44,19 @@ class Paper:
         if missing:
             raise ValueError(f"stated.csv lacks the columns {sorted(missing)}")
         self.df = df.astype(str).replace({"nan": "", "None": ""})
+        self._cache: dict[tuple, pd.DataFrame] = {}
 
     @classmethod
     def read(cls, path: str | Path) -> Paper:
         return cls(read_csv(path, COLUMNS).fillna(""))
 
     def rows(self, kind: str, regime: str | None = None, strategy: str | None = None) -> pd.DataFrame:
+        key = (kind, regime, strategy)
+        if key not in self._cache:
+            self._cache[key] = self._rows(kind, regime, strategy)
+        return self._cache[key]
+
+    def _rows(self, kind: str, regime: str | None, strategy: str | None) -> pd.DataFrame:
         d = self.df[self.df["kind"] == kind]
         if regime is not None:
             d = d[d["regime"] == regime]
@@ -224,3 +232,24 @@ def bert_base_parameters(strategy: str, rank: int, targets: int, shallow_k: int,
     if strategy == "lora_selective" and band:
         return lora_parameters(rank, d, len(band), targets) + head
     return None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def paper_profile(conf: Path | None = None) -> dict | None:
+    """The `paper` profile (the paper's protocol as this study runs it): conf/config.yaml with
+    conf/profile/paper.yaml on top, as Hydra composes them; None where the files are absent."""
+    import yaml
+
+    conf = conf or Path(__file__).parent / "conf"
+    base, prof = conf / "config.yaml", conf / "profile" / "paper.yaml"
+    if not (base.is_file() and prof.is_file()):
+        return None
+    cfg = yaml.safe_load(base.read_text()) or {}
+    cfg.pop("defaults", None)
+    return _merge(cfg, yaml.safe_load(prof.read_text()) or {})

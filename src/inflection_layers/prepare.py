@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,9 +75,10 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON (sizes, audit summary, checksums)")
     args = parser.parse_args()
     params = load_params()
+    t0 = time.perf_counter()
     tables, metrics = prepare(params.data, params.study.targets)
     write(tables, args.out)
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, metrics | {"wall_seconds": round(time.perf_counter() - t0, 2)})
     for target, per_split in metrics["audit"].items():
         for split, a in per_split.items():
             logger.info("%s %s: %d sentences; %d in SST-2 (%.1f%%), %d in the source sample, %d clean of SST-2 and its phrases",

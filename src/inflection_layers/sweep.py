@@ -1,0 +1,119 @@
+"""The learning-rate sweep behind `finetune.lr.*` and `lora.lr` (run by hand, not a stage of the study).
+
+Each strategy family (head, shallow, full, bitfit, and LoRA, measured on `lora_all`, which uses no
+selector, so the LoRA rate favours no selector) is trained with three learning rates, exactly as the
+`finetune` stages train it (the same steps, batch size, schedule and engine), from the source
+models given, on Rotten Tomatoes train minus a stratified held-out part, and scored on that held-out
+part. Validation and test are never used. The rate with the best mean held-out accuracy over the
+source models is the profile's. Run from the repository root after the sources exist:
+
+    python -m inflection_layers.sweep --data data/prepared --sources models/source/over-42 models/source/under-42 --out plots/sweep
+
+Writes <out>/lr.csv (family, lr, source, held-out accuracy) and <out>/lr.md (the table and the choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from inflection_layers.artifacts import atomic_path, read_parquet
+from inflection_layers.cells import Group
+from inflection_layers.config import Params, load_params
+from inflection_layers.errors import run_main
+from inflection_layers.finetune import GroupData, frozen_cells, score, train_cell
+from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
+from inflection_layers.precision import resolve
+from inflection_layers.strategies import apply_strategy
+from inflection_layers.training import batch_stream, predict, tokenize
+
+logger = logging.getLogger(__name__)
+
+GRID = {  # three rates per family, around the usual values for each
+    "head": (3e-4, 1e-3, 3e-3),
+    "shallow": (3e-5, 1e-4, 3e-4),
+    "full": (2e-5, 5e-5, 1e-4),
+    "bitfit": (3e-4, 1e-3, 3e-3),
+    "lora_all": (3e-4, 1e-3, 3e-3),
+}
+HELD_OUT = 1000  # Rotten Tomatoes train examples held out for scoring
+
+
+def held_out_data(data_dir: Path, tokenizer: object, params: Params, seed: int) -> GroupData:
+    """RT train minus a stratified held-out part (the pool the batches come from), and the held-out part as the evaluation set."""
+    from sklearn.model_selection import train_test_split
+
+    train = read_parquet(data_dir / "rt_train.parquet", ["id", "text", "label"])
+    pool, held = train_test_split(train, test_size=HELD_OUT, stratify=train["label"], random_state=seed)
+    pool, held = pool.sort_index(), held.sort_index()
+    ids = tokenize(tokenizer, pool["text"], params.model.max_length)
+    return GroupData(ids, pool["label"].tolist(), batch_stream([len(x) for x in ids], params.finetune.batch_size, seed, params.finetune.steps),
+                     held[["id", "label"]].assign(split="held_out"), tokenize(tokenizer, held["text"], params.model.max_length), tokenizer.pad_token_id)
+
+
+def sweep_source(params: Params, source: Path, data_dir: Path, seed: int) -> list[dict]:
+    """Every family x rate from one source model -> rows (family, lr, source, accuracy, seconds)."""
+    device = pick_device()
+    data = held_out_data(data_dir, load_tokenizer(str(source)), params, seed)
+    rows = []
+    for family, rates in GRID.items():
+        for lr in rates:
+            t0 = time.perf_counter()
+            seed_everything(seed)
+            model = load_model(str(source)).to(device)
+            precision = resolve(params.model.precision, device, params.model.name)
+            if family == "head":
+                p = replace(params, finetune=replace(params.finetune, lr=replace(params.finetune.lr, head=lr)))
+                probs = frozen_cells(model.eval(), ["none", "head"], p, data, device, precision, keep_reps=False, seed=seed)["head"]["probs"]
+            else:
+                layers = list(range(model.config.num_hidden_layers)) if family == "lora_all" else None
+                model = apply_strategy(model, family, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers).to(device)
+                train_cell(model, params, data, device, precision, lr, f"{source.name} {family} lr {lr:g}")
+                probs = predict(model, data.eval_ids, params.finetune.eval_batch_size, data.pad, device, precision)["probs"]
+            _, scores = score(data.eval_frame, probs)
+            rows.append({"family": family, "lr": lr, "source": source.name, "accuracy": scores["held_out_accuracy"], "seconds": round(time.perf_counter() - t0, 1)})
+            logger.info("%s %s lr %g: held-out accuracy %.4f", source.name, family, lr, rows[-1]["accuracy"])
+    return rows
+
+
+def choose(table: pd.DataFrame) -> pd.DataFrame:
+    """Per family, the rate with the best mean held-out accuracy over the sources (ties: the smaller rate)."""
+    mean = table.groupby(["family", "lr"], as_index=False)["accuracy"].mean().sort_values(["family", "accuracy", "lr"], ascending=[True, False, True])
+    return mean.groupby("family", sort=False).head(1).reset_index(drop=True)
+
+
+def markdown(table: pd.DataFrame, chosen: pd.DataFrame) -> str:
+    """The sweep's table (held-out accuracy per family, rate and source) and the chosen rates."""
+    wide = table.pivot_table(index=["family", "lr"], columns="source", values="accuracy").reset_index()
+    lines = ["| family | lr | " + " | ".join(wide.columns[2:]) + " |", "|---|---|" + "---|" * (len(wide.columns) - 2)]
+    for r in wide.itertuples(index=False):
+        mark = " (chosen)" if ((chosen["family"] == r[0]) & (chosen["lr"] == r[1])).any() else ""
+        lines.append(f"| {r[0]} | {r[1]:g}{mark} | " + " | ".join(f"{100 * v:.2f}" for v in r[2:]) + " |")
+    return "Held-out accuracy (%) on 1,000 Rotten Tomatoes train sentences left out of training.\n\n" + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Sweep every family from each source model; write the table and the choice."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder of prepared splits")
+    parser.add_argument("--sources", type=Path, nargs="+", required=True, help="source checkpoints, e.g. models/source/over-42")
+    parser.add_argument("--out", type=Path, required=True, help="folder for lr.csv and lr.md")
+    parser.add_argument("--seed", type=int, default=42, help="batch order, initialisation and held-out split")
+    args = parser.parse_args()
+    params = load_params()
+    table = pd.DataFrame([row for source in args.sources for row in sweep_source(params, source, args.data, args.seed)])
+    chosen = choose(table)
+    with atomic_path(args.out, is_dir=True) as out:
+        table.to_csv(out / "lr.csv", index=False)
+        (out / "lr.md").write_text(markdown(table, chosen))
+    for r in chosen.itertuples():
+        print(f"{r.family}: lr {r.lr:g} (mean held-out accuracy {r.accuracy:.4f})")
+
+
+if __name__ == "__main__":
+    run_main(main)

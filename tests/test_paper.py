@@ -1,0 +1,71 @@
+"""paper.py: what stated.csv says, bert-base's exact arithmetic, the layer map; no paper number typed in code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from inflection_layers.paper import Paper, bert_base_parameters, lora_parameters, map_band, paper_layers, paper_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+STATED = ROOT / "data" / "paper" / "stated.csv"
+PAPER = Paper.read(STATED)
+REPORT_MODULES = ["paper", "claims", "claims_base", "claims_layers", "tables", "figures", "markdown", "report"]
+
+
+def test_accessors():
+    assert PAPER.accuracy("over", "lora_selective") == pytest.approx((0.9159, 0.0015))
+    assert PAPER.accuracy("under", "full") == (None, None)
+    assert PAPER.gap() == pytest.approx(0.01)
+    assert PAPER.band() == [0, 1, 4, 5, 6] and PAPER.inflection_layers() == [4, 5, 6]
+    assert PAPER.entropy_min_layer() == 5 and PAPER.entropy_range() == (1.055, 1.196)
+    assert PAPER.greedy_threshold() == 0.25 and PAPER.greedy_s() == 1
+    assert PAPER.probe_peak("over") == (11, pytest.approx(0.867)) and PAPER.probe_strategy() == "shallow"
+    assert PAPER.cka_range("delta_cka_upper", "over", "full") == (0.02, 0.04)
+    assert PAPER.cka_range("delta_cka_top2", "under", "shallow") == (0.005, 0.005)  # regime 'both'
+    assert PAPER.grad_mean("act_grad_mean", "under", "full") == pytest.approx(6.5e-4)
+    assert PAPER.stated_parameters("lora_all") == 900_000
+    assert PAPER.smallest_interpreted_difference() == pytest.approx(0.0013)
+
+
+def test_a_missing_row_reads_none():
+    empty = Paper(pd.DataFrame(columns=["kind", "regime", "strategy", "layer", "value", "std", "unit", "section", "note"]))
+    assert empty.gap() is None and empty.band() is None and empty.inflection_layers() is None and empty.probe_peak("over") is None
+
+
+def test_bert_base_arithmetic_matches_the_notes_of_stated_csv():
+    assert bert_base_parameters("shallow", 4, 3, 2, pooler=False) == 14_177_282
+    assert bert_base_parameters("shallow", 4, 3, 2) == 14_767_874
+    assert bert_base_parameters("full", 4, 3, 2) == 109_483_778
+    assert bert_base_parameters("lora_selective", 4, 3, 2, band=[0, 1, 4, 5, 6]) == 92_160 + 1_538
+    assert bert_base_parameters("lora_all", 4, 3, 2) == 221_184 + 1_538
+    assert lora_parameters(4, 384, 3, 3) + 770 == 28_418
+    for n in (14_177_282, 14_767_874, 92_160, 221_184):
+        assert f"{n:,}" in STATED.read_text()
+
+
+@pytest.mark.parametrize(("layer", "depth", "expected"), [(5, 12, [5]), (5, 6, [2]), (4, 6, [2]), (7, 6, [3]), (5, 24, [10, 11]), (11, 6, [5])])
+def test_paper_layers_by_relative_depth(layer, depth, expected):
+    assert paper_layers(layer, depth) == expected
+
+
+def test_map_band():
+    assert map_band([0, 1, 4, 5, 6], 12) == [0, 1, 4, 5, 6] and map_band([0, 1, 4, 5, 6], 6) == [0, 2, 3]
+
+
+def test_paper_profile_is_the_papers_protocol():
+    p = paper_profile()
+    assert p["model"]["name"] == "bert-base-uncased" and p["ski"]["method"] == "greedy" and "defaults" not in p
+
+
+def test_no_paper_number_is_typed_in_the_report_code():
+    """The paper's numbers live only in stated.csv: none of its distinctive values appears in the report's modules."""
+    values = {"91.59", "91.46", "91.26", "90.96", "90.81", "86.7", "77.2", "1.055", "1.196", "46.3", "3.5e-5", "1.9e-6", "6.5e-4", "3.1e-5"}
+    for m in REPORT_MODULES:
+        code = (ROOT / "src" / "inflection_layers" / f"{m}.py").read_text()
+        code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings may quote them
+        found = {v for v in values if v in code}
+        assert not found, f"{m}.py types the paper's {sorted(found)}"
