@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inflection_layers.paper import Paper, bert_base_parameters, lora_parameters, map_band, paper_layers, paper_profile
+from inflection_layers.paper import Paper, bert_base_parameters, lora_parameters, map_band, paper_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 STATED = ROOT / "data" / "paper" / "stated.csv"
@@ -54,11 +54,6 @@ def test_paper_layers_by_relative_depth(layer, depth, expected):
 
 def test_map_band():
     assert map_band([0, 1, 4, 5, 6], 12) == [0, 1, 4, 5, 6] and map_band([0, 1, 4, 5, 6], 6) == [0, 2, 3]
-
-
-def test_paper_profile_is_the_papers_protocol():
-    p = paper_profile()
-    assert p["model"]["name"] == "bert-base-uncased" and p["ski"]["method"] == "greedy" and "defaults" not in p
 
 
 def test_no_paper_number_is_typed_in_the_report_code():

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from inflection_layers.cells import cells
 from inflection_layers.config import parse_params
 from inflection_layers.errors import ParamError
+from inflection_layers.paper import Paper, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted(p.stem for p in (ROOT / "src/inflection_layers/conf/profile").glob("*.yaml"))
@@ -52,6 +53,19 @@ def test_the_paper_profile_is_the_papers_setting() -> None:
     assert (p.finetune.steps, p.finetune.batch_size, p.lora.rank, p.lora.alpha, p.lora.dropout) == (300, 16, 4, 16, 0.05)
     assert (p.ski.method, p.ski.threshold, p.ski.max_band, p.ski.s) == ("greedy", 0.25, None, 1)
     assert p.finetune.eval_splits == ["validation", "test"] and p.probe.epochs == 20
+
+
+def test_the_paper_profile_sets_every_value_the_paper_states() -> None:
+    """data/paper/stated.csv is the one home of the paper's setup; the profile must agree with it key by key."""
+    stated = setup(Paper.read(ROOT / "data" / "paper" / "stated.csv"))
+    raw = yaml.safe_load(composed("profile=paper"))
+    assert len(stated) > 20
+    for key, value in stated.items():
+        node = raw
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    assert raw["ski"]["threshold"] == Paper.read(ROOT / "data" / "paper" / "stated.csv").greedy_threshold()
 
 
 def test_the_offline_paper_profile_changes_only_the_model() -> None:

@@ -567,8 +567,6 @@ def test_a_bad_value_stops_dvc_repro_before_any_output_is_touched(workspace: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="validate does not check data.dir (source auto, hub unreachable): DVC runs prepare, which deletes "
-                                       "data/prepared and metrics/data.json before it fails")
 def test_a_missing_data_dir_offline_stops_dvc_repro_before_prepare_deletes_its_outputs(workspace: Path) -> None:
     before, lock = outputs(workspace), (workspace / "dvc.lock").read_bytes()
     try:
@@ -651,8 +649,6 @@ def test_missing_data_dir_offline_names_it_and_fails_fast(stage_runs: dict[str, 
     assert run.seconds < 5  # asked once, no retries
 
 
-@pytest.mark.xfail(strict=True, reason="validate does not check data.dir: with data.source auto, a missing data.dir and an unreachable hub "
-                                       "pass validate, so prepare (after DVC has deleted its outputs) is the first to fail")
 def test_validate_refuses_a_missing_data_dir_when_the_hub_is_unreachable(stage_runs: dict[str, Run]) -> None:
     assert re.search(r"data\.dir = '\./missing'.* is missing and the Hugging Face hub is unreachable", refused(stage_runs, "validate:data.dir=./missing"))
 
@@ -701,9 +697,6 @@ def test_a_truncated_selection_names_the_file_and_the_stage_that_writes_it(stage
                      rf"it is written by stage select@{GROUP}: rerun `dvc repro -f select@{GROUP}`", line), line
 
 
-@pytest.mark.xfail(strict=True, reason="artifacts.read_csv does not notice a CSV cut short (pandas parses what is left): select fails later "
-                                       "without naming the file (mid-file: 'the diagnose table lacks the metrics ...'), with a ValueError "
-                                       "traceback (mid-value: top_k 'values must be finite'), or not at all (cut in the labels: exit 0)")
 @pytest.mark.parametrize("name", ["truncated-csv-mid-file:select", "truncated-csv-mid-value:select", "truncated-csv-in-labels:select"])
 def test_a_truncated_diagnose_table_names_the_file_and_the_stage_that_writes_it(stage_runs: dict[str, Run], name: str) -> None:
     line = refused(stage_runs, name)
@@ -731,10 +724,9 @@ def test_a_known_error_is_one_line_and_its_traceback_only_on_request(stage_runs:
 
 
 def test_every_refused_case_exited_2_with_one_line(stage_runs: dict[str, Run]) -> None:
-    """Item 9 over every case that is expected to be refused (the xfail ones aside): status 2, one line, no traceback."""
-    expected_bugs = {"validate:data.dir=./missing", *(n for n in CASES if n.startswith("truncated-csv"))}
+    """Item 9 over every case that is expected to be refused: status 2, one line, no traceback."""
     for name in CASES:
-        if name in expected_bugs or name in ("valid", "prepare:valid"):
+        if name in ("valid", "prepare:valid"):
             continue
         refused(stage_runs, name)
 
@@ -861,6 +853,7 @@ def test_atomic_write_keeps_the_old_output_until_the_new_one_is_complete(tmp_pat
         (".x.jsonl.tmp999999999-abc", False),  # another output's temp
         ("x.json.tmp999999999-abc", False),  # not hidden: not ours
     ],
+    ids=["dead-writer", "no-pid", "live-writer", "pid-1", "other-output", "not-hidden"],
 )
 def test_stale_temporary_siblings(tmp_path: Path, name: str, stale: bool) -> None:
     (tmp_path / name).mkdir()

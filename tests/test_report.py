@@ -19,13 +19,19 @@ from inflection_layers.cells import family, groups, is_lora, sources
 from inflection_layers.claims_base import CLAIM_COLUMNS
 from inflection_layers.config import parse_params
 from inflection_layers.figures import FIGURES
-from inflection_layers.paper import _merge
 from inflection_layers.select import select_group
 from inflection_layers.verdicts import VERDICTS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "inflection_layers" / "conf"
 L, W, N = 4, 32, 40  # layers, width, evaluation sentences per target
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def params_raw(seeds: list[int]) -> dict:

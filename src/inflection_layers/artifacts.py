@@ -9,6 +9,7 @@ writers that are no longer alive.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -25,6 +26,22 @@ import pandas as pd
 from inflection_layers.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+
+def stage_args(description: str, options: dict[str, str]) -> argparse.Namespace:
+    """The command line dvc.yaml gives a stage. Each option ``name: help`` is a required path ``--name``,
+    except: a name ending in ``*`` takes one or more paths, in ``?`` is an optional path; ``group`` is a
+    :class:`~inflection_layers.cells.Group` given by its name (e.g. rt-over-42), ``regime`` a regime name, ``seed`` an integer and ``lora`` a flag."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from inflection_layers.cells import Group
+
+    kinds = {"group": {"required": True, "type": Group.parse}, "regime": {"required": True, "choices": ("under", "over")}, "seed": {"required": True, "type": int},
+             "lora": {"action": "store_true"}}
+    for name, help_text in options.items():
+        flag = "--" + name.rstrip("*?").replace("_", "-")
+        kw = kinds.get(name) or {"type": Path, "required": not name.endswith("?"), "nargs": "+" if name.endswith("*") else None}
+        parser.add_argument(flag, help=help_text, **{k: v for k, v in kw.items() if v is not None})
+    return parser.parse_args()
 
 
 def temp_prefix(path: str | Path) -> str:
@@ -155,6 +172,9 @@ def read_csv(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame
     path = Path(path)
     if not path.is_file():
         raise _missing(path)
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):  # every CSV this study writes ends with a newline: a cut file does not
+        raise _damaged(path, "truncated CSV file", f"its last line ends without a newline after {len(raw):,} bytes")
     try:
         df = pd.read_csv(path)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:

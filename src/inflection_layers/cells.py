@@ -61,8 +61,8 @@ def is_lora(strategy: str) -> bool:
 class Source:
     """One source model."""
 
-    regime: str
-    seed: int
+    regime: str  # under | over
+    seed: int  # the training run's seed
 
     @property
     def name(self) -> str:
@@ -97,7 +97,7 @@ class Cell:
     """One strategy in one group."""
 
     group: Group
-    strategy: str
+    strategy: str  # a strategy, or lora_random_<d> for draw d
 
     @property
     def name(self) -> str:

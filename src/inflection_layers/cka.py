@@ -9,7 +9,6 @@ variance in every feature) has no defined similarity: the CKA functions return `
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
-from inflection_layers.artifacts import read_npy, write_csv, write_json
+from inflection_layers.artifacts import read_npy, stage_args, write_csv, write_json
 from inflection_layers.cells import Cell, layer_of, locate
 from inflection_layers.cells import cells as cells_of
 from inflection_layers.config import load_params
@@ -197,11 +196,11 @@ def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object
 
 def main() -> None:
     """Read every analysed cell's representations (the `none` cell is the source model), write the tidy table and per-cell means."""
-    parser = argparse.ArgumentParser(description="Stage `cka`: Delta-CKA per layer, source model vs every analysed cell.")
-    parser.add_argument("--cells", type=Path, nargs="+", required=True, help="folders of fine-tuned cells (models/finetune models/finetune_lora)")
-    parser.add_argument("--table", type=Path, required=True, help="tidy CSV: layer, metric, value, target, regime, seed, strategy, family")
-    parser.add_argument("--metrics", type=Path, required=True, help="per-cell summary JSON")
-    args = parser.parse_args()
+    args = stage_args("Stage `cka`: Delta-CKA per layer, source model vs every analysed cell.", {
+        "cells*": "folders of fine-tuned cells (models/finetune models/finetune_lora)",
+        "table": "tidy CSV: layer, metric, value, target, regime, seed, strategy, family",
+        "metrics": "per-cell summary JSON",
+    })
     params = load_params()
     pooling = f"{params.analysis.pooling}.npy"
     cells = [c for c in cells_of(params, analysis_only=True) if c.strategy != "none"]

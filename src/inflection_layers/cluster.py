@@ -11,7 +11,7 @@ Each stage job clones the committed repository into a scratch folder, runs `dvc 
 run-cache to the repository's default DVC remote, and deletes its clone. A final job in the user's workspace
 runs `dvc repro --pull`: it restores every stage from the run-cache and runs the stages the run-cache cannot
 carry (any `cache: false` output, e.g. `report`), so that afterwards `dvc repro` runs nothing and `dvc status`
-is clean. Per-stage resources come from params.yaml's `cluster` section (see `cluster_config`).
+is clean. Per-stage resources come from params.yaml's `cluster` section (`cluster.resources.<stage>`, `default` for the rest).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+
+from inflection_layers.config import Cluster, Resources, parse_section
 
 if TYPE_CHECKING:
     from dvc.stage import Stage
@@ -77,27 +78,18 @@ echo "final: done"
 """
 
 
-@dataclass(frozen=True)
-class Resources:
-    """One job's request: CPUs per task, GPUs (0: no --gres), wall-clock minutes, memory in GiB."""
-
-    cpus: int = 2
-    gpus: int = 0
-    minutes: int = 60
-    mem_gb: float = 4.0
-
-    def sbatch(self) -> list[str]:
-        """The matching sbatch options."""
-        opts = [f"--cpus-per-task={self.cpus}", f"--time={self.minutes}", f"--mem={int(self.mem_gb * 1024)}M"]
-        return opts + ([f"--gres=gpu:{self.gpus}"] if self.gpus else [])
+def sbatch_options(res: Resources) -> list[str]:
+    """The sbatch options of one job's request (`cluster.resources.<stage>` in params.yaml)."""
+    opts = [f"--cpus-per-task={res.cpus}", f"--time={res.minutes}", f"--mem={res.mem_gb * 1024}M"]
+    return opts + ([f"--gres=gpu:{res.gpus}"] if res.gpus else [])
 
 
-def cluster_config(params: Path = Path("params.yaml")) -> tuple[str | None, dict[str, Resources]]:
-    """params.yaml's `cluster` section: (partition or None, resources per stage name before '@', with `default`)."""
-    section = (yaml.safe_load(params.read_text()) or {}).get("cluster") or {} if params.exists() else {}
-    table = {name: Resources(**values) for name, values in (section.get("resources") or {}).items()}
-    table.setdefault("default", Resources())
-    return section.get("partition"), table
+def cluster_config(root: Path) -> tuple[str | None, dict[str, Resources]]:
+    """params.yaml's `cluster` section, validated by the study's schema (the rest of the file is the pipeline's
+    business): (partition or None, resources per stage name, with `default`)."""
+    raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    section = parse_section(Cluster, raw.get("cluster"), "cluster")
+    return section.partition, section.resources
 
 
 def resources_for(table: dict[str, Resources], stage_name: str) -> Resources:
@@ -144,7 +136,7 @@ def plan(root: Path) -> tuple[list[Stage], dict[str, list[str]], list[str], str,
 def sbatch(script: Path, name: str, log: Path, res: Resources, partition: str | None, after: list[str]) -> str:
     """Submit one job script; its Slurm id."""
     cmd = ["sbatch", "--parsable", f"--job-name=dvc:{name}", f"--output={log}", f"--chdir={script.parent}"]
-    cmd += res.sbatch() + ([f"--partition={partition}"] if partition else [])
+    cmd += sbatch_options(res) + ([f"--partition={partition}"] if partition else [])
     if after:
         cmd += [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"]
     out = subprocess.run([*cmd, str(script)], check=True, capture_output=True, text=True).stdout
@@ -165,7 +157,7 @@ def submit(root: Path, scratch: str, dry: bool) -> int:
         print("cluster: every stage is up to date; nothing submitted")
         return 0
     commit = git(root, "rev-parse", "HEAD")
-    partition, table = cluster_config(root / "params.yaml")
+    partition, table = cluster_config(root)
     run_dir = root / ".dvc/tmp/cluster" / time.strftime("%Y%m%d-%H%M%S")
     fields = {"root": shlex.quote(str(root)), "commit": commit, "remote_url": remote, "scratch": scratch,
               "bindir": shlex.quote(str(Path(sys.executable).parent)), "watched": shlex.join(watched)}
@@ -209,8 +201,9 @@ def submit(root: Path, scratch: str, dry: bool) -> int:
     return 0
 
 
-def job_state(job_id: str) -> dict[str, str]:
-    """JobState, Reason, ExitCode of one job from `scontrol show job -o` (or `sacct`, once purged)."""
+def job_state(job_id: str, log: str) -> dict[str, str]:
+    """JobState, Reason, ExitCode of one job from `scontrol show job -o`, else `sacct`; once Slurm has forgotten
+    the job (MinJobAge, no accounting), COMPLETED if its log ends with the script's last line, else UNKNOWN."""
     run = subprocess.run(["scontrol", "show", "job", "-o", job_id], check=False, capture_output=True, text=True)
     if run.returncode == 0 and "JobState=" in run.stdout:
         return dict(re.findall(r"(JobState|Reason|ExitCode)=(\S+)", run.stdout))
@@ -219,7 +212,9 @@ def job_state(job_id: str) -> dict[str, str]:
     if run.returncode == 0 and run.stdout.strip():
         state, code = run.stdout.split("\n")[0].split("|")[:2]
         return {"JobState": state.split()[0], "Reason": "None", "ExitCode": code}
-    return {"JobState": "UNKNOWN", "Reason": "purged", "ExitCode": "?"}
+    done = Path(log).exists() and Path(log).read_text(errors="replace").rstrip().endswith(": done")
+    return {"JobState": "COMPLETED" if done else "UNKNOWN", "Reason": "Slurm forgot it; state from its log",
+            "ExitCode": "0:0" if done else "?"}
 
 
 def tail(path: str, lines: int = 5) -> str:
@@ -231,7 +226,7 @@ def tail(path: str, lines: int = 5) -> str:
 def status(root: Path, quiet: bool = False) -> tuple[int, bool]:
     """Print each job's state; (exit code: 0 all completed, 1 something failed, 2 still running; any still active)."""
     state = json.loads((root / STATE).read_text())
-    rows = {stage: (job, job_state(job["id"])) for stage, job in state["jobs"].items()}
+    rows = {stage: (job, job_state(job["id"], job["log"])) for stage, job in state["jobs"].items()}
     active = any(st["JobState"] in ACTIVE and st.get("Reason") != "DependencyNeverSatisfied" for _, st in rows.values())
     failed = [(s, j, st) for s, (j, st) in rows.items()
               if st["JobState"] not in ACTIVE | {"COMPLETED", "CANCELLED"} or

@@ -1,12 +1,12 @@
 """params.yaml, read once and validated against one typed schema before any expensive work.
 
-Every section of params.yaml is a frozen dataclass below, with types and ranges but **no default
-values**: the values live only in ``conf/config.yaml`` and the profiles (``conf/profile/*.yaml``),
-which DVC composes into params.yaml. A missing key, an unknown key, a wrong type or an
-out-of-range value raises :class:`ParamError`, which names the full key, the value and what is
-allowed (nanoGPT: ``raise ValueError(f"Unknown config key: {key}")``; peft: refuse bad
-combinations in ``__post_init__``). Constraints that need the model's depth or the data's size are
-checked by the ``validate`` stage (:mod:`inflection_layers.validate`).
+Every section of params.yaml is a frozen dataclass below; each field carries its type and its rule
+(``Annotated[int, AtLeast(1)]``) and **no default value**: the values live only in
+``conf/config.yaml`` and the profiles (``conf/profile/*.yaml``), which DVC composes into params.yaml.
+A missing key, an unknown key, a wrong type or an out-of-range value raises :class:`ParamError`,
+which names the full key, the value and what is allowed (nanoGPT: ``raise ValueError(f"Unknown
+config key: {key}")``; peft: refuse bad combinations in ``__post_init__``). Constraints that need the
+model's depth or the data's size are checked by the ``validate`` stage (:mod:`inflection_layers.validate`).
 """
 
 from __future__ import annotations
@@ -15,35 +15,72 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import yaml
 
-from inflection_layers.cells import EVAL_SPLITS, LORA_STRATEGIES, PLAIN_STRATEGIES, REGIMES, TARGETS
+from inflection_layers.cells import EVAL_SPLITS, LORA_STRATEGIES, PLAIN_STRATEGIES, REGIMES, TARGETS, family
 from inflection_layers.errors import ParamError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LORA_TARGETS = ("query", "key", "value", "attention_output")  # the study's names; modeling maps them per architecture
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ParamError(key, value, allowed)
+@dataclasses.dataclass(frozen=True)
+class AtLeast:
+    """A number >= low (None passes where the type allows it)."""
+
+    low: float
+
+    def ok(self, v: Any) -> bool:
+        return v is None or v >= self.low
+
+    def allowed(self, tp: str) -> str:
+        return f"{tp} >= {self.low:g}"
 
 
-def _unique_nonempty(key: str, xs: list, allowed: tuple[str, ...] | None = None) -> None:
-    _check(len(xs) > 0 and len(set(xs)) == len(xs), key, xs, "a non-empty list without repeats")
-    for x in xs:
-        _check(allowed is None or x in allowed, key, x, f"values among {list(allowed or ())}")
+@dataclasses.dataclass(frozen=True)
+class Between:
+    """A number in an interval; `brackets` gives its ends, e.g. "(]" for lo < v <= hi."""
+
+    lo: float
+    hi: float
+    brackets: str
+
+    def ok(self, v: Any) -> bool:
+        if v is None:
+            return True
+        low = v >= self.lo if self.brackets[0] == "[" else v > self.lo
+        high = v <= self.hi if self.brackets[1] == "]" else v < self.hi
+        return low and high
+
+    def allowed(self, tp: str) -> str:
+        return f"{tp} in {self.brackets[0]}{self.lo:g}, {self.hi:g}{self.brackets[1]}"
 
 
-def _positive(section: str, obj: Any, *names: str) -> None:
-    for name in names:
-        _check(getattr(obj, name) >= 1, f"{section}.{name}", getattr(obj, name), "an integer >= 1")
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """One of a few values; for a list, every item (and, with `unique`, no repeats and not empty)."""
+
+    values: tuple | None = None
+    unique: bool = False
+
+    def ok(self, v: Any) -> bool:
+        items = v if isinstance(v, list) else [v]
+        fine = self.values is None or all(x in self.values for x in items)
+        return fine and (not self.unique or (len(items) > 0 and len(set(items)) == len(items)))
+
+    def allowed(self, tp: str) -> str:
+        among = f"values among {list(self.values)}" if self.values is not None else ""
+        if not self.unique:
+            return f"one of {list(self.values)}"
+        return "a non-empty list without repeats" + (f" of {among}" if among else "")
 
 
-def _rate(key: str, value: float) -> None:
-    _check(0 < value < 1, key, value, "a float in (0, 1)")
+RATE = Between(0, 1, "()")
+POSITIVE = AtLeast(1)
+NONNEGATIVE = AtLeast(0)
+Count = Annotated[int, POSITIVE]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,44 +91,31 @@ class Study:
     their own stage (`finetune_lora`), so a change of `lora.*` or of the selection reruns only them.
     """
 
-    profile: str
-    targets: list[str]
-    regimes: list[str]
-    seeds: list[int]
-    strategies: list[str]
+    profile: str  # the profile's name, recorded in the report
+    targets: Annotated[list[str], OneOf(TARGETS, unique=True)]
+    regimes: Annotated[list[str], OneOf(REGIMES, unique=True)]
+    seeds: Annotated[list[int], OneOf(unique=True)]
+    strategies: Annotated[list[str], OneOf(PLAIN_STRATEGIES, unique=True)]
     lora_strategies: list[str]
 
     def __post_init__(self) -> None:
-        _check(bool(self.profile.strip()), "study.profile", self.profile, "a non-empty name")
-        _unique_nonempty("study.targets", self.targets, TARGETS)
-        _unique_nonempty("study.regimes", self.regimes, REGIMES)
-        _unique_nonempty("study.seeds", self.seeds)
-        _unique_nonempty("study.strategies", self.strategies, PLAIN_STRATEGIES)
-        _check(len(set(self.lora_strategies)) == len(self.lora_strategies), "study.lora_strategies", self.lora_strategies, "a list without repeats")
-        for s in self.lora_strategies:
-            _check(s in LORA_STRATEGIES, "study.lora_strategies", s, f"values among {list(LORA_STRATEGIES)}")
-        _check("none" in self.strategies, "study.strategies", self.strategies, "a list that includes 'none' (the source model: the 'before' of every comparison)")
-        for s in self.seeds:
-            _check(s >= 0, "study.seeds", s, "integers >= 0")
+        _require(bool(self.profile.strip()), "study.profile", self.profile, "a non-empty name")
+        _require("none" in self.strategies, "study.strategies", self.strategies, "a list that includes 'none' (the source model: the 'before' of every comparison)")
+        _require(all(s >= 0 for s in self.seeds), "study.seeds", self.seeds, "integers >= 0")
+        _require(OneOf(LORA_STRATEGIES).ok(self.lora_strategies) and len(set(self.lora_strategies)) == len(self.lora_strategies),
+                 "study.lora_strategies", self.lora_strategies, f"a list without repeats of values among {list(LORA_STRATEGIES)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Data:
     """Where SST-2, Rotten Tomatoes and CR come from, and the SST-2 sample the source models train on."""
 
-    source: str
+    source: Annotated[str, OneOf(("auto", "local", "hub"))]
     dir: str
-    sst2_subsample: int
-    subsample_seed: int
-    eval_subsample: int
+    sst2_subsample: Annotated[int, NONNEGATIVE]  # 0 = all 67,349
+    subsample_seed: Annotated[int, NONNEGATIVE]
+    eval_subsample: Annotated[int, NONNEGATIVE]  # 0 = every example
     verify_checksums: bool
-
-    def __post_init__(self) -> None:
-        _check(self.source in ("auto", "local", "hub"), "data.source", self.source, "one of ['auto', 'local', 'hub']")
-        _check(bool(self.dir.strip()), "data.dir", self.dir, "a directory path")
-        _check(self.sst2_subsample >= 0, "data.sst2_subsample", self.sst2_subsample, "an integer >= 0 (0 = all 67,349)")
-        _check(self.subsample_seed >= 0, "data.subsample_seed", self.subsample_seed, "an integer >= 0")
-        _check(self.eval_subsample >= 0, "data.eval_subsample", self.eval_subsample, "an integer >= 0 (0 = every example)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,37 +123,27 @@ class Model:
     """Which pre-trained encoder, at which precision."""
 
     name: str
-    max_length: int
-    precision: str
+    max_length: Annotated[int, Between(8, 512, "[]")]
+    precision: Annotated[str, OneOf(PRECISIONS)]
 
     def __post_init__(self) -> None:
-        _check(bool(self.name.strip()), "model.name", self.name, "'packaged', 'packaged-base', a hub model name or a local directory")
-        _check(8 <= self.max_length <= 512, "model.max_length", self.max_length, "an integer in [8, 512]")
-        _check(self.precision in PRECISIONS, "model.precision", self.precision, f"one of {list(PRECISIONS)}")
+        _require(bool(self.name.strip()), "model.name", self.name, "'packaged', 'packaged-base', a hub model name or a local directory")
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
     """Full fine-tuning on SST-2: the UNDER and OVER source models."""
 
-    epochs_under: int
-    epochs_over: int
-    lr: float
-    batch_size: int
-    schedule: str
-    warmup_ratio: float
-    weight_decay: float
-    max_grad_norm: float | None
-    eval_batch_size: int
-    dev_every: int
-
-    def __post_init__(self) -> None:
-        _positive("source", self, "epochs_under", "epochs_over", "batch_size", "eval_batch_size", "dev_every")
-        _rate("source.lr", self.lr)
-        _check(self.schedule in ("linear", "constant"), "source.schedule", self.schedule, "one of ['linear', 'constant']")
-        _check(0 <= self.warmup_ratio < 1, "source.warmup_ratio", self.warmup_ratio, "a float in [0, 1)")
-        _check(self.weight_decay >= 0, "source.weight_decay", self.weight_decay, "a float >= 0")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "source.max_grad_norm", self.max_grad_norm, "a float > 0, or null for no clipping")
+    epochs_under: Count
+    epochs_over: Count
+    lr: Annotated[float, RATE]
+    batch_size: Count
+    schedule: Annotated[str, OneOf(("linear", "constant"))]
+    warmup_ratio: Annotated[float, Between(0, 1, "[)")]
+    weight_decay: Annotated[float, NONNEGATIVE]
+    max_grad_norm: Annotated[float | None, Between(0, float("inf"), "()")]  # null: no clipping
+    eval_batch_size: Count
+    dev_every: Count
 
     def epochs(self, regime: str) -> int:
         """Number of SST-2 epochs of a regime."""
@@ -140,158 +154,110 @@ class Source:
 class Diagnose:
     """Diagnostics of a source model on the target's train split (backward passes, no update)."""
 
-    batches: int
-    batch_size: int
-
-    def __post_init__(self) -> None:
-        _positive("diagnose", self, "batches", "batch_size")
+    batches: Count
+    batch_size: Count
 
 
 @dataclasses.dataclass(frozen=True)
 class Ski:
     """Layer selection: SKI(l) = alpha (1 - H_l / max H) + (1 - alpha)(1 - G_l / max G), and the controls' draws."""
 
-    method: str
-    alpha: float
-    s: int
-    threshold: float
-    max_band: int | None
-    random_draws: int
-
-    def __post_init__(self) -> None:
-        _check(self.method in ("local_max", "greedy"), "ski.method", self.method, "one of ['local_max', 'greedy']")
-        _check(0 <= self.alpha <= 1, "ski.alpha", self.alpha, "a float in [0, 1]")
-        _check(self.s >= 0, "ski.s", self.s, "an integer >= 0")
-        _check(0 < self.threshold <= 1, "ski.threshold", self.threshold, "a float in (0, 1]")
-        _check(self.max_band is None or self.max_band >= 1, "ski.max_band", self.max_band, "an integer >= 1, or null for no cap")
-        _check(self.random_draws >= 1, "ski.random_draws", self.random_draws, "an integer >= 1")
+    method: Annotated[str, OneOf(("local_max", "greedy"))]
+    alpha: Annotated[float, Between(0, 1, "[]")]
+    s: Annotated[int, NONNEGATIVE]
+    threshold: Annotated[float, Between(0, 1, "(]")]
+    max_band: Annotated[int | None, POSITIVE]  # null: no cap
+    random_draws: Count
 
 
 @dataclasses.dataclass(frozen=True)
 class StrategyLr:
     """The learning rate of each non-LoRA strategy (LoRA strategies use `lora.lr`)."""
 
-    head: float
-    shallow: float
-    full: float
-    bitfit: float
-
-    def __post_init__(self) -> None:
-        for name in ("head", "shallow", "full", "bitfit"):
-            _rate(f"finetune.lr.{name}", getattr(self, name))
+    head: Annotated[float, RATE]
+    shallow: Annotated[float, RATE]
+    full: Annotated[float, RATE]
+    bitfit: Annotated[float, RATE]
 
 
 @dataclasses.dataclass(frozen=True)
 class Finetune:
     """Adaptation to the target task (paper: 300 steps, AdamW, lr 2e-5, batch 16)."""
 
-    steps: int
-    batch_size: int
+    steps: Count
+    batch_size: Count
     lr: StrategyLr
-    schedule: str
-    warmup_ratio: float
-    weight_decay: float
-    max_grad_norm: float | None
-    shallow_k: int
-    eval_batch_size: int
-    diag_every: int
+    schedule: Annotated[str, OneOf(("linear", "constant"))]
+    warmup_ratio: Annotated[float, Between(0, 1, "[)")]
+    weight_decay: Annotated[float, NONNEGATIVE]
+    max_grad_norm: Annotated[float | None, Between(0, float("inf"), "()")]
+    shallow_k: Count
+    eval_batch_size: Count
+    diag_every: Count
     eval_splits: list[str]
 
     def __post_init__(self) -> None:
-        _positive("finetune", self, "steps", "batch_size", "shallow_k", "eval_batch_size", "diag_every")
-        _check(self.schedule in ("linear", "constant"), "finetune.schedule", self.schedule, "one of ['linear', 'constant']")
-        _check(0 <= self.warmup_ratio < 1, "finetune.warmup_ratio", self.warmup_ratio, "a float in [0, 1)")
-        _check(self.weight_decay >= 0, "finetune.weight_decay", self.weight_decay, "a float >= 0")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "finetune.max_grad_norm", self.max_grad_norm, "a float > 0, or null for no clipping")
-        _check(self.eval_splits in (list(EVAL_SPLITS[:1]), list(EVAL_SPLITS)), "finetune.eval_splits", self.eval_splits,
-               f"{list(EVAL_SPLITS[:1])} or {list(EVAL_SPLITS)} (validation first: it is the analysis sample's first part)")
+        _require(self.eval_splits in (list(EVAL_SPLITS[:1]), list(EVAL_SPLITS)), "finetune.eval_splits", self.eval_splits,
+                 f"{list(EVAL_SPLITS[:1])} or {list(EVAL_SPLITS)} (validation first: it is the analysis sample's first part)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Lora:
     """peft LoRA of the lora_* strategies (paper: r 4, alpha 16, dropout 0.05 on query, key, value)."""
 
-    rank: int
-    alpha: int
-    dropout: float
-    targets: list[str]
-    lr: float
-
-    def __post_init__(self) -> None:
-        _positive("lora", self, "rank", "alpha")
-        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "a float in [0, 1)")
-        _unique_nonempty("lora.targets", self.targets, LORA_TARGETS)
-        _rate("lora.lr", self.lr)
+    rank: Count
+    alpha: Count
+    dropout: Annotated[float, Between(0, 1, "[)")]
+    targets: Annotated[list[str], OneOf(LORA_TARGETS, unique=True)]
+    lr: Annotated[float, RATE]
 
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
     """Representations of the analysis sample: which cells keep them, and Delta-CKA's settings."""
 
-    strategies: list[str]
-    pooling: str
-    pca_dim: int
+    strategies: Annotated[list[str], OneOf(PLAIN_STRATEGIES + LORA_STRATEGIES, unique=True)]
+    pooling: Annotated[str, OneOf(("cls", "mean"))]
+    pca_dim: Count
 
     def __post_init__(self) -> None:
-        _unique_nonempty("analysis.strategies", self.strategies, PLAIN_STRATEGIES + LORA_STRATEGIES)
-        _check("none" in self.strategies, "analysis.strategies", self.strategies, "a list that includes 'none' (the 'before' of Delta-CKA)")
-        _check(self.pooling in ("cls", "mean"), "analysis.pooling", self.pooling, "one of ['cls', 'mean']")
-        _check(self.pca_dim >= 1, "analysis.pca_dim", self.pca_dim, "an integer >= 1")
+        _require("none" in self.strategies, "analysis.strategies", self.strategies, "a list that includes 'none' (the 'before' of Delta-CKA)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
     """Linear and MLP probes per layer on the analysis sample, with shuffled-label controls."""
 
-    train_fraction: float
-    hidden: int
-    dropout: float
-    lr: float
-    weight_decay: float
-    epochs: int
-    batch_size: int
-    controls: int
-    seed: int
-
-    def __post_init__(self) -> None:
-        _check(0 < self.train_fraction < 1, "probe.train_fraction", self.train_fraction, "a float in (0, 1): the share of the analysis sample the probes train on")
-        _positive("probe", self, "hidden", "epochs", "batch_size", "controls")
-        _check(0 <= self.dropout < 1, "probe.dropout", self.dropout, "a float in [0, 1)")
-        _rate("probe.lr", self.lr)
-        _check(self.weight_decay >= 0, "probe.weight_decay", self.weight_decay, "a float >= 0")
-        _check(self.seed >= 0, "probe.seed", self.seed, "an integer >= 0")
+    train_fraction: Annotated[float, Between(0, 1, "()")]  # the share of the analysis sample the probes train on
+    hidden: Count
+    dropout: Annotated[float, Between(0, 1, "[)")]
+    lr: Annotated[float, RATE]
+    weight_decay: Annotated[float, NONNEGATIVE]
+    epochs: Count
+    batch_size: Count
+    controls: Count
+    seed: Annotated[int, NONNEGATIVE]
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
     """Statistics of the report: seed-level intervals, bootstrap, tests, power."""
 
-    bootstrap: int
-    confidence: float
-    alpha: float
-    power: float
-    seed: int
-
-    def __post_init__(self) -> None:
-        _check(self.bootstrap >= 100, "report.bootstrap", self.bootstrap, "an integer >= 100")
-        _check(0 < self.confidence < 1, "report.confidence", self.confidence, "a float in (0, 1)")
-        _check(0 < self.alpha < 1, "report.alpha", self.alpha, "a float in (0, 1)")
-        _check(0 < self.power < 1, "report.power", self.power, "a float in (0, 1)")
-        _check(self.seed >= 0, "report.seed", self.seed, "an integer >= 0")
+    bootstrap: Annotated[int, AtLeast(100)]  # hierarchical bootstrap resamples
+    confidence: Annotated[float, RATE]  # the level of every interval
+    alpha: Annotated[float, RATE]  # test level
+    power: Annotated[float, RATE]  # for the smallest detectable effect
+    seed: Annotated[int, NONNEGATIVE]
 
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
     """What one Slurm job of a stage asks for."""
 
-    cpus: int
-    gpus: int
-    minutes: int
-    mem_gb: int
-
-    def __post_init__(self) -> None:
-        _positive("cluster.resources.*", self, "cpus", "minutes", "mem_gb")
-        _check(self.gpus >= 0, "cluster.resources.*.gpus", self.gpus, "an integer >= 0")
+    cpus: Count
+    gpus: Annotated[int, NONNEGATIVE]
+    minutes: Count
+    mem_gb: Count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +268,7 @@ class Cluster:
     resources: dict[str, Resources]
 
     def __post_init__(self) -> None:
-        _check("default" in self.resources, "cluster.resources", sorted(self.resources), "a mapping with a 'default' entry")
+        _require("default" in self.resources, "cluster.resources", sorted(self.resources), "a mapping with a 'default' entry")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,14 +290,25 @@ class Params:
 
     def lr(self, strategy: str) -> float:
         """The learning rate of a strategy: `lora.lr` for the LoRA family, `finetune.lr.<strategy>` otherwise."""
-        from inflection_layers.cells import family
-
         name = family(strategy)
         return self.lora.lr if name in LORA_STRATEGIES else getattr(self.finetune.lr, name)
 
 
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ParamError(key, value, allowed)
+
+
+def _split(tp: Any) -> tuple[Any, tuple]:
+    """(the type, its rules) of a field annotation, ``Annotated[T, rule, ...]`` or a plain type."""
+    if typing.get_origin(tp) is Annotated:
+        base, *rules = typing.get_args(tp)
+        return base, tuple(rules)
+    return tp, ()
+
+
 def _type_ok(value: Any, tp: Any) -> bool:
-    """Whether a YAML value fits a field annotation (int is not bool; an int is a valid float)."""
+    """Whether a YAML value fits a type (int is not bool; an int is a valid float)."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         return any(_type_ok(value, t) for t in typing.get_args(tp))
@@ -340,48 +317,51 @@ def _type_ok(value: Any, tp: Any) -> bool:
         return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
     if tp is type(None):
         return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if tp in (int, float):
+        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
     return isinstance(value, tp)
 
 
 def _describe(tp: Any) -> str:
-    names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
-    text = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "int | None": "an integer or null",
+             "float | None": "a number or null", "str | None": "a string or null"}
+    text = getattr(tp, "__name__", None) if not isinstance(tp, types.UnionType) else None
+    text = text or str(tp).replace("typing.", "")
     return names.get(text, f"a value of type {text}")
 
 
 def _value(tp: Any, raw: Any, key: str) -> Any:
-    """One field's value: a nested dataclass, a mapping of dataclasses, or a plain value of the annotated type."""
+    """One field's value: a nested dataclass, a mapping of dataclasses, or a plain value of its type that passes its rules."""
+    tp, rules = _split(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, raw, key)
     if typing.get_origin(tp) is dict:
         _, inner = typing.get_args(tp)
-        if not isinstance(raw, dict) or not raw:
-            raise ParamError(key, raw, "a non-empty mapping")
+        _require(isinstance(raw, dict) and bool(raw), key, raw, "a non-empty mapping")
         return {str(k): _build(inner, v, f"{key}.{k}") for k, v in raw.items()}
-    if not _type_ok(raw, tp):
-        raise ParamError(key, raw, _describe(tp))
+    _require(_type_ok(raw, tp), key, raw, _describe(tp))
+    nullable = type(None) in typing.get_args(tp)
+    for rule in rules:
+        _require(rule.ok(raw), key, raw, rule.allowed(_describe(tp).removesuffix(" or null")) + (", or null" if nullable else ""))
     return float(raw) if tp is float else raw
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     """Turn a YAML mapping into the dataclass `cls`: unknown, missing and mistyped keys are errors."""
-    if not isinstance(raw, dict):
-        raise ParamError(prefix or "params.yaml", raw, "a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
+    _require(isinstance(raw, dict), prefix or "params.yaml", raw, "a mapping of keys to values")
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
-        if key not in fields:
-            full = f"{prefix}.{key}" if prefix else str(key)
-            raise ParamError(full, raw[key], f"no such key; known keys here: {fields}")
+        _require(key in fields, f"{prefix}.{key}" if prefix else str(key), raw[key], f"no such key; known keys here: {fields}")
     for key in fields:
-        if key not in raw:
-            full = f"{prefix}.{key}" if prefix else key
-            raise ParamError(full, "(missing)", f"a value: every key is set in conf/config.yaml or a profile ({_describe(hints[key])})")
+        _require(key in raw, f"{prefix}.{key}" if prefix else key, "(missing)",
+                 f"a value: every key is set in conf/config.yaml or a profile ({_describe(_split(hints[key])[0])})")
     return cls(**{key: _value(hints[key], raw[key], f"{prefix}.{key}" if prefix else key) for key in fields})
+
+
+def parse_section(cls: type, raw: Any, key: str) -> Any:
+    """Validate one section of a params mapping (e.g. `cluster` for the Slurm adapter) with the same rules."""
+    return _build(cls, raw, key)
 
 
 def parse_params(raw: dict) -> Params:
@@ -392,8 +372,7 @@ def parse_params(raw: dict) -> Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; every stage calls this first, before loading data or models."""
     path = Path(path)
-    if not path.is_file():
-        raise ParamError(str(path), "(missing)", "a params.yaml in the repository root: run the stage from there")
+    _require(path.is_file(), str(path), "(missing)", "a params.yaml in the repository root: run the stage from there")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

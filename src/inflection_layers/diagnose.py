@@ -13,7 +13,6 @@ param_norm and rgn = param_grad / param_norm (Auto-RGN's relative gradient norm)
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from inflection_layers.artifacts import read_parquet, write_csv, write_json
+from inflection_layers.artifacts import read_parquet, stage_args, write_csv, write_json
 from inflection_layers.cells import Group, layer_of
 from inflection_layers.cka import linear_cka
 from inflection_layers.config import Params, load_params
@@ -75,16 +74,15 @@ def diagnose(params: Params, model_dir: Path, train: pd.DataFrame, seed: int) ->
 
 def main() -> None:
     """Parse the group and paths dvc.yaml gives, validate params, measure, write the tables atomically."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--group", required=True, help="<target>-<regime>-<seed>, e.g. rt-over-42")
-    parser.add_argument("--model", type=Path, required=True, help="source checkpoint folder")
-    parser.add_argument("--data", type=Path, required=True, help="folder of prepared splits")
-    parser.add_argument("--layers", type=Path, required=True, help="tidy per-layer CSV")
-    parser.add_argument("--heads", type=Path, required=True, help="per-head entropy CSV")
-    parser.add_argument("--metrics", type=Path, required=True, help="scalar metrics JSON")
-    args = parser.parse_args()
-    params = load_params()
-    group = Group.parse(args.group)
+    args = stage_args(__doc__, {
+        "group": "<target>-<regime>-<seed>, e.g. rt-over-42",
+        "model": "source checkpoint folder",
+        "data": "folder of prepared splits",
+        "layers": "tidy per-layer CSV",
+        "heads": "per-head entropy CSV",
+        "metrics": "scalar metrics JSON",
+    })
+    params, group = load_params(), args.group
     train = read_parquet(args.data / f"{group.target}_train.parquet", ["text", "label"])
 
     t0 = time.perf_counter()

@@ -259,7 +259,8 @@ def write_all(out: Path, acc, cells, diagnose, layers, cka, probes, selection, b
             "fig5_probes": probe_data(probes), "delta_cka": cka_data(cka), "ski": ski_data(selection), "selectors": selector_data(bands),
             "source_curves": curve_data(source), "random_bands": band_data(acc, bands)}
     for stem, d in data.items():
-        d.to_csv(out / f"{stem}.csv", index=False)
+        rows = pd.concat([d, base.assign(series="none (source model, 0 parameters)")]) if stem == "fig1_accuracy_vs_params" else d
+        rows.to_csv(out / f"{stem}.csv", index=False)  # fig1's CSV keeps the baselines: the Vega template draws them as a dashed line
         png = out / f"{stem}.png"
         if stem == "fig1_accuracy_vs_params":
             plot_params(d, stem, png, base)

@@ -20,7 +20,6 @@ tokens/s, precision); <plots>/<strategy>-layers.csv and <strategy>-curve.csv.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -33,7 +32,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from inflection_layers.artifacts import atomic_path, read_json, read_parquet, write_csv, write_json
+from inflection_layers.artifacts import atomic_path, read_json, read_parquet, stage_args, write_csv, write_json
 from inflection_layers.cells import FROZEN_ENCODER, Cell, Group, expand, family, is_lora
 from inflection_layers.config import Params, load_params
 from inflection_layers.diagnostics import measure, per_layer_means, tidy
@@ -213,18 +212,18 @@ def run_group(params: Params, group: Group, strategies: list[str], source: Path,
 
 def main() -> None:
     """Parse the group and paths dvc.yaml gives, validate params and inputs, run every cell of the group, write atomically."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--group", required=True, help="<target>-<regime>-<seed>, e.g. rt-over-42")
-    parser.add_argument("--lora", action="store_true", help="run study.lora_strategies (needs --selection), else study.strategies")
-    parser.add_argument("--source", type=Path, required=True, help="source checkpoint folder")
-    parser.add_argument("--selection", type=Path, help="selection JSON from `select` (LoRA strategies)")
-    parser.add_argument("--data", type=Path, required=True, help="folder of prepared splits")
-    parser.add_argument("--out", type=Path, required=True, help="folder of cell folders: predictions, representations, adapter")
-    parser.add_argument("--metrics", type=Path, required=True, help="folder of per-cell metrics JSONs")
-    parser.add_argument("--plots", type=Path, required=True, help="folder of per-cell layer diagnostics and curves (CSV)")
-    args = parser.parse_args()
+    args = stage_args(__doc__, {
+        "group": "<target>-<regime>-<seed>, e.g. rt-over-42",
+        "lora": "run study.lora_strategies (needs --selection), else study.strategies",
+        "source": "source checkpoint folder",
+        "selection?": "selection JSON from `select` (LoRA strategies)",
+        "data": "folder of prepared splits",
+        "out": "folder of cell folders: predictions, representations, adapter",
+        "metrics": "folder of per-cell metrics JSONs",
+        "plots": "folder of per-cell layer diagnostics and curves (CSV)",
+    })
     params = load_params()
-    group = Group.parse(args.group)
+    group = args.group
     strategies = expand(params.study.lora_strategies if args.lora else params.study.strategies, params.ski.random_draws)
     if args.lora and args.selection is None:
         raise InputError("the LoRA strategies need the selection JSON of `select` (--selection)")

@@ -221,19 +221,16 @@ def table1_section(t1: pd.DataFrame, target: str) -> list[str]:
             md_table(head, rows), ""]
 
 
-def setup_rows(params: Any, profile: dict | None, depth: int | None, width: int | None) -> list[list[str]]:
-    keys = ["model.name", "data.sst2_subsample", "data.eval_subsample", "study.targets", "study.seeds", "source.epochs_under", "source.epochs_over",
-            "source.lr", "source.batch_size", "finetune.steps", "finetune.batch_size", "finetune.lr", "finetune.eval_splits", "lora.rank", "lora.alpha",
-            "lora.dropout", "lora.targets", "lora.lr", "ski.method", "ski.threshold", "ski.max_band", "probe.epochs"]
-    raw = {s: vars(getattr(params, s)) for s in ("model", "data", "study", "source", "finetune", "lora", "ski", "probe")}
+def setup_rows(params: Any, stated: dict[str, object], depth: int | None, width: int | None) -> list[list[str]]:
+    """The paper's stated setup (data/paper/stated.csv, kind `setup`) beside this run's params, key by key."""
     rows = []
-    for k in keys:
-        sec, key = k.split(".")
-        ours = raw[sec].get(key)
-        ours = vars(ours) if hasattr(ours, "__dataclass_fields__") else ours
-        theirs = (profile or {}).get(sec, {}).get(key, "n/a")
-        rows.append([k, str(theirs), str(ours), "" if str(theirs) == str(ours) else "differs"])
-    rows.append(["model depth x width", f"{BERT_BASE['layers']} x {BERT_BASE['width']} (bert-base)" if profile else "n/a", f"{depth} x {width}" if depth else "n/a", ""])
+    for key, theirs in stated.items():
+        node: Any = params
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        ours = vars(node) if hasattr(node, "__dataclass_fields__") else node
+        rows.append([key, "null" if theirs is None else str(theirs), "null" if ours is None else str(ours), "" if ours == theirs else "differs"])
+    rows.append(["model depth x width", f"{BERT_BASE['layers']} x {BERT_BASE['width']} (bert-base)", f"{depth} x {width}" if depth else "n/a", ""])
     return rows
 
 
@@ -246,8 +243,8 @@ def render(d: Any) -> str:
          "and data/paper/stated.csv.", "", "## Claims", ""]
     L += claim_table(d.claims)
     L += ["How to read a verdict:", ""] + [f"- {x}" for x in HOW_TO_READ] + [""]
-    L += ["## Setup against the paper's", "", "The paper column is the `paper` profile (conf/profile/paper.yaml), the paper's protocol as this study runs it.", "",
-          md_table(["setting", "paper", "this run", ""], setup_rows(p, d.paper_profile, d.depth, d.width)), ""]
+    L += ["## Setup against the paper's", "", "The paper column is the setup the paper states (data/paper/stated.csv, section 6), key by key.", "",
+          md_table(["setting", "paper", "this run", ""], setup_rows(p, d.stated_setup, d.depth, d.width)), ""]
     L += evidence(d.claims, d.parts, dict(d.figures), d.fig_for)
     L += ["## Table 1", ""]
     for t in p.study.targets:

@@ -233,9 +233,11 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device() -> torch.device:
-    """CUDA when present, else CPU with one intra-op thread per available core."""
+    """CUDA when present, else CPU with one intra-op thread per core this process may use: a Slurm job's
+    allocation (SLURM_CPUS_PER_TASK), else the CPUs of its affinity mask."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores))
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    torch.set_num_threads(max(1, min(cores, int(allocated)) if allocated.isdigit() else cores))
     return torch.device("cpu")

@@ -234,22 +234,8 @@ def bert_base_parameters(strategy: str, rank: int, targets: int, shallow_k: int,
     return None
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def paper_profile(conf: Path | None = None) -> dict | None:
-    """The `paper` profile (the paper's protocol as this study runs it): conf/config.yaml with
-    conf/profile/paper.yaml on top, as Hydra composes them; None where the files are absent."""
+def setup(paper: Paper) -> dict[str, object]:
+    """The paper's stated setup: params key (the `note` of each `setup` row) -> its value, parsed as YAML."""
     import yaml
 
-    conf = conf or Path(__file__).parent / "conf"
-    base, prof = conf / "config.yaml", conf / "profile" / "paper.yaml"
-    if not (base.is_file() and prof.is_file()):
-        return None
-    cfg = yaml.safe_load(base.read_text()) or {}
-    cfg.pop("defaults", None)
-    return _merge(cfg, yaml.safe_load(prof.read_text()) or {})
+    return {str(r["note"]): yaml.safe_load(str(r["value"])) for _, r in paper.rows("setup").iterrows()}

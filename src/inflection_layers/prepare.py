@@ -12,7 +12,6 @@ Outputs (paths from dvc.yaml; the folder is written atomically):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from inflection_layers.artifacts import atomic_path, write_json
+from inflection_layers.artifacts import atomic_path, stage_args, write_json
 from inflection_layers.audit import audit_frame, summarise
 from inflection_layers.cells import EVAL_SPLITS
 from inflection_layers.config import Data, load_params
@@ -70,10 +69,10 @@ def write(tables: dict[str, pd.DataFrame], out: Path) -> None:
 
 def main() -> None:
     """Parse the paths dvc.yaml gives, read `study.targets` and `data.*` from params.yaml, write the outputs."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder of prepared splits and the audit")
-    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON (sizes, audit summary, checksums)")
-    args = parser.parse_args()
+    args = stage_args(__doc__, {
+        "out": "folder of prepared splits and the audit",
+        "metrics": "metrics JSON (sizes, audit summary, checksums)",
+    })
     params = load_params()
     t0 = time.perf_counter()
     tables, metrics = prepare(params.data, params.study.targets)

@@ -10,7 +10,6 @@ each cell gets its own permutations (`probe.controls` of them), from a fixed see
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from inflection_layers.artifacts import read_npy, read_parquet, write_csv, write_json
+from inflection_layers.artifacts import read_npy, read_parquet, stage_args, write_csv, write_json
 from inflection_layers.cells import Cell, layer_of, locate
 from inflection_layers.cells import cells as cells_of
 from inflection_layers.cka import _is_constant
@@ -137,11 +136,11 @@ def probe_cell(reps: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, eval
 
 def main() -> None:
     """Probe every analysed cell (the `none` cell is the source model); write tidy rows and per-cell summaries."""
-    parser = argparse.ArgumentParser(description="Stage `probes`: linear and MLP probes per layer on the analysis sample.")
-    parser.add_argument("--cells", type=Path, nargs="+", required=True, help="folders of fine-tuned cells (models/finetune models/finetune_lora)")
-    parser.add_argument("--table", type=Path, required=True, help="tidy CSV: layer, metric, value, train_accuracy, target, regime, seed, strategy, family")
-    parser.add_argument("--metrics", type=Path, required=True, help="per-cell summary JSON")
-    args = parser.parse_args()
+    args = stage_args("Stage `probes`: linear and MLP probes per layer on the analysis sample.", {
+        "cells*": "folders of fine-tuned cells (models/finetune models/finetune_lora)",
+        "table": "tidy CSV: layer, metric, value, train_accuracy, target, regime, seed, strategy, family",
+        "metrics": "per-cell summary JSON",
+    })
     params = load_params()
     p, pooling = params.probe, f"{params.analysis.pooling}.npy"
     cells = cells_of(params, analysis_only=True)

@@ -9,7 +9,6 @@ the claims are in :mod:`~inflection_layers.claims` and :mod:`~inflection_layers.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -20,14 +19,14 @@ import numpy as np
 import pandas as pd
 
 from inflection_layers import figures, markdown, tables
-from inflection_layers.artifacts import atomic_path, read_csv, read_json, read_parquet, write_json
+from inflection_layers.artifacts import atomic_path, read_csv, read_json, read_parquet, stage_args, write_json
 from inflection_layers.cells import groups, locate, sources
 from inflection_layers.cells import cells as cells_of
 from inflection_layers.claims import all_claims
 from inflection_layers.claims_base import Evidence
 from inflection_layers.config import load_params
 from inflection_layers.errors import InputError, run_main
-from inflection_layers.paper import Paper, paper_profile
+from inflection_layers.paper import Paper, setup
 
 logger = logging.getLogger(__name__)
 
@@ -125,21 +124,21 @@ def summary(claims: pd.DataFrame, acc: pd.DataFrame, cells: pd.DataFrame, data: 
 
 def main() -> None:
     """Parse the paths dvc.yaml gives, read every input, judge, tabulate, draw and write."""
-    ap = argparse.ArgumentParser(description="Stage `report`: claims, tables, figures and report.md of the study.")
-    ap.add_argument("--cells", type=Path, nargs="+", required=True, help="cell folders (models/finetune models/finetune_lora)")
-    ap.add_argument("--cell-metrics", type=Path, nargs="+", required=True, help="per-cell metrics (metrics/finetune metrics/finetune_lora)")
-    ap.add_argument("--cell-plots", type=Path, nargs="+", required=True, help="per-cell layer tables (plots/finetune plots/finetune_lora)")
-    ap.add_argument("--source", type=Path, required=True, help="source-model metrics folder (metrics/source)")
-    ap.add_argument("--diagnose", type=Path, required=True, help="diagnose folder (metrics/diagnose)")
-    ap.add_argument("--selection", type=Path, required=True, help="selection folder (metrics/selection)")
-    ap.add_argument("--cka", type=Path, required=True, help="metrics/cka.csv (its .json sibling holds the stage's time)")
-    ap.add_argument("--probes", type=Path, required=True, help="metrics/probes.csv (its .json sibling holds the stage's time)")
-    ap.add_argument("--data-metrics", type=Path, required=True, help="metrics/data.json")
-    ap.add_argument("--audit", type=Path, required=True, help="data/prepared/audit.parquet")
-    ap.add_argument("--paper", type=Path, required=True, help="data/paper/stated.csv")
-    ap.add_argument("--summary", type=Path, required=True, help="metrics/summary.json to write")
-    ap.add_argument("--out", type=Path, required=True, help="report folder to write (plots/report)")
-    args = ap.parse_args()
+    args = stage_args("Stage `report`: claims, tables, figures and report.md of the study.", {
+        "cells*": "cell folders (models/finetune models/finetune_lora)",
+        "cell_metrics*": "per-cell metrics (metrics/finetune metrics/finetune_lora)",
+        "cell_plots*": "per-cell layer tables (plots/finetune plots/finetune_lora)",
+        "source": "source-model metrics folder (metrics/source)",
+        "diagnose": "diagnose folder (metrics/diagnose)",
+        "selection": "selection folder (metrics/selection)",
+        "cka": "metrics/cka.csv (its .json sibling holds the stage's time)",
+        "probes": "metrics/probes.csv (its .json sibling holds the stage's time)",
+        "data_metrics": "metrics/data.json",
+        "audit": "data/prepared/audit.parquet",
+        "paper": "data/paper/stated.csv",
+        "summary": "metrics/summary.json to write",
+        "out": "report folder to write (plots/report)",
+    })
     t0 = time.perf_counter()
     logging.getLogger("inflection_layers.select").setLevel(logging.WARNING)  # the ablation re-runs the rule hundreds of times
     params = load_params()
@@ -163,7 +162,7 @@ def main() -> None:
     claims, parts = all_claims(ev, list(params.study.targets))
     comp = tables.comparisons(preds, params.report)
     bands = tables.bands_table(selection)
-    d = types.SimpleNamespace(params=params, claims=claims, parts=parts, selection=selection, depth=depth, width=width, paper_profile=paper_profile(), data=data, source=source,
+    d = types.SimpleNamespace(params=params, claims=claims, parts=parts, selection=selection, depth=depth, width=width, stated_setup=setup(paper), data=data, source=source,
                               table1=tables.table1(acc, cells, paper, params, params.report.confidence),
                               parameters=tables.parameters_table(cells, paper, params, width), audit=tables.audit_table(acc, data),
                               ablation=tables.selection_ablation(diagnose, selection, params.ski), fig_for=FIG_FOR)

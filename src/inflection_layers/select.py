@@ -16,7 +16,6 @@ Pure numpy functions, and a thin `main`.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import math
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from inflection_layers.artifacts import read_csv, write_csv, write_json
+from inflection_layers.artifacts import read_csv, stage_args, write_csv, write_json
 from inflection_layers.cells import REGIMES, TARGETS, Group
 from inflection_layers.config import Ski, load_params
 from inflection_layers.errors import InputError, run_main
@@ -230,7 +229,7 @@ def draw_rng(group: Group) -> np.random.Generator:
     return np.random.default_rng([group.seed, REGIMES.index(group.regime), TARGETS.index(group.target)])
 
 
-def select_group(layers: pd.DataFrame, p: Ski, group: Group) -> tuple[dict, pd.DataFrame]:
+def select_group(layers: pd.DataFrame, p: Ski, group: Group, source: str = "the diagnose table") -> tuple[dict, pd.DataFrame]:
     """Every band of one group from its tidy diagnose table (layer, metric, value).
 
     Uses the encoder layers 0..L-1 (the embeddings' output, layer -1, is not a candidate). Returns
@@ -239,7 +238,7 @@ def select_group(layers: pd.DataFrame, p: Ski, group: Group) -> tuple[dict, pd.D
     wide = layers[layers["layer"] >= 0].pivot(index="layer", columns="metric", values="value").sort_index()
     missing = {"entropy", "act_grad", "rgn", "io_change"} - set(wide.columns)
     if missing:
-        raise InputError(f"the diagnose table lacks the metrics {sorted(missing)}; rerun `dvc repro diagnose`")
+        raise InputError(f"{source} lacks the metrics {sorted(missing)}; rerun `dvc repro diagnose@{group.name}`")
     h, g = wide["entropy"].to_numpy(), wide["act_grad"].to_numpy()
     sel = select_band(h, g, method=p.method, alpha=p.alpha, s=p.s, threshold=p.threshold, max_band=p.max_band)
     k, L = len(sel["band"]), len(h)
@@ -261,15 +260,15 @@ def select_group(layers: pd.DataFrame, p: Ski, group: Group) -> tuple[dict, pd.D
 
 def main() -> None:
     """Parse the group and paths dvc.yaml gives, validate `ski.*`, select, write the JSON and the table."""
-    parser = argparse.ArgumentParser(description="Stage `select`: the SKI band, its controls and the rival selectors of one group.")
-    parser.add_argument("--group", required=True, help="<target>-<regime>-<seed>, e.g. rt-over-42")
-    parser.add_argument("--layers", type=Path, required=True, help="tidy per-layer CSV from `diagnose`")
-    parser.add_argument("--out", type=Path, required=True, help="selection JSON")
-    parser.add_argument("--table", type=Path, required=True, help="per-layer CSV for DVC plots")
-    args = parser.parse_args()
+    args = stage_args("Stage `select`: the SKI band, its controls and the rival selectors of one group.", {
+        "group": "<target>-<regime>-<seed>, e.g. rt-over-42",
+        "layers": "tidy per-layer CSV from `diagnose`",
+        "out": "selection JSON",
+        "table": "per-layer CSV for DVC plots",
+    })
     p = load_params().ski
-    group = Group.parse(args.group)
-    result, table = select_group(read_csv(args.layers), p, group)
+    group = args.group
+    result, table = select_group(read_csv(args.layers, ["layer", "metric", "value"]), p, group, str(args.layers))
     key = {"target": group.target, "regime": group.regime, "seed": group.seed}
     write_json(args.out, {**key, **result})
     write_csv(args.table, table.assign(**key))

@@ -10,7 +10,6 @@ loss and confidence. Writes the checkpoint (safetensors, config, tokenizer, reso
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inflection_layers.artifacts import atomic_path, read_parquet, write_json
+from inflection_layers.artifacts import atomic_path, read_parquet, stage_args, write_json
 from inflection_layers.cells import REGIMES
 from inflection_layers.config import Params, as_dict, load_params
 from inflection_layers.errors import run_main
@@ -98,13 +97,13 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
 
 def main() -> None:
     """Parse the cell and paths dvc.yaml gives, validate params, train, save atomically."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regime", choices=REGIMES, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="folder of prepared splits")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON of this source model")
-    args = parser.parse_args()
+    args = stage_args(__doc__, {
+        "regime": "regime",
+        "seed": "seed",
+        "data": "folder of prepared splits",
+        "out": "checkpoint folder",
+        "metrics": "metrics JSON of this source model",
+    })
     params = load_params()
 
     model, tokenizer, metrics = train_source(params, args.regime, args.seed, args.data)

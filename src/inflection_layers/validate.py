@@ -11,15 +11,15 @@ Each message names the full key, the value and what is allowed.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from inflection_layers.artifacts import write_json
+from inflection_layers.artifacts import stage_args, write_json
 from inflection_layers.cells import expand, family
 from inflection_layers.config import Params, load_params
 from inflection_layers.data import SPLIT_SIZES, SST2_TRAIN_SIZE
-from inflection_layers.errors import ModelError, ParamError, run_main
+from inflection_layers.errors import DataError, ModelError, ParamError, run_main
+from inflection_layers.hub import hub_unreachable
 from inflection_layers.modeling import ARCHS, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -66,14 +66,27 @@ def check(params: Params, model_type: str, num_layers: int) -> None:
                  f"a share that leaves at least 20 sentences to {what} on ({target}'s analysis sample has {sample:,})")
 
 
+def check_data_source(params: Params) -> None:
+    """`data.dir` must exist for data.source local, and for auto unless the hub can be reached."""
+    where = Path(params.data.dir)
+    if where.is_dir() or params.data.source == "hub":
+        return
+    if params.data.source == "local":
+        raise DataError(f"data.dir = {params.data.dir!r} ({where.resolve()}) is missing, and data.source is 'local'")
+    if why := hub_unreachable():
+        raise DataError(f"data.dir = {params.data.dir!r} ({where.resolve()}) is missing and the Hugging Face hub is unreachable "
+                        f"({why}); point data.dir at the offline copies or go online")
+
+
 def main() -> None:
     """Validate params.yaml completely; write the constant marker file only when it passes."""
-    parser = argparse.ArgumentParser(description="Stage `validate`: check every parameter before any stage runs.")
-    parser.add_argument("--out", type=Path, required=True, help="the marker file every stage depends on")
-    args = parser.parse_args()
+    args = stage_args("Stage `validate`: check every parameter before any stage runs.", {
+        "out": "the marker file every stage depends on",
+    })
     params = load_params()
     model_type, num_layers = model_shape(params.model.name)
     check(params, model_type, num_layers)
+    check_data_source(params)
     write_json(args.out, CONTENT)
     logger.info("params.yaml is valid (profile %s; model %s, %d layers)", params.study.profile, params.model.name, num_layers)
 
