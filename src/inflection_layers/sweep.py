@@ -50,7 +50,7 @@ def held_out_data(data_dir: Path, tokenizer: object, params: Params, seed: int) 
 
     train = read_parquet(data_dir / "rt_train.parquet", ["id", "text", "label"])
     pool, held = train_test_split(train, test_size=HELD_OUT, stratify=train["label"], random_state=seed)
-    pool, held = pool.sort_index(), held.sort_index()
+    pool, held = pool.sort_index(), held.sort_index().reset_index(drop=True)
     ids = tokenize(tokenizer, pool["text"], params.model.max_length)
     return GroupData(ids, pool["label"].tolist(), batch_stream([len(x) for x in ids], params.finetune.batch_size, seed, params.finetune.steps),
                      held[["id", "label"]].assign(split="held_out"), tokenize(tokenizer, held["text"], params.model.max_length), tokenizer.pad_token_id)
