@@ -364,7 +364,8 @@ CASES: dict[str, Case] = {
     "model.name=nosuchorg/nosuchmodel": validate_case("model.name=nosuchorg/nosuchmodel"),
     "model.name=./no_such_dir": validate_case("model.name=./no_such_dir"),
     # 4. no data directory, no hub
-    "validate:data.dir=./missing": validate_case("data.dir=./missing"),
+    "validate:data.dir=./missing": Case("validate", VALIDATE, setup=lambda folder, raw: raw["data"].update(dir="./missing"),
+                                        outputs=("data/validated.json",)),
     "prepare:data.dir=./missing": Case("prepare", PREPARE, setup=lambda folder, raw: raw["data"].update(dir="./missing"),
                                        outputs=("data/prepared", "metrics/data.json")),
     # 5. damaged data files (a copy of the offline data with one file changed)

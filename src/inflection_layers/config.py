@@ -323,8 +323,8 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _describe(tp: Any) -> str:
-    names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "int | None": "an integer or null",
-             "float | None": "a number or null", "str | None": "a string or null"}
+    names = {"int": "an integer", "float": "a float", "str": "a string", "bool": "true or false", "int | None": "an integer or null",
+             "float | None": "a float or null", "str | None": "a string or null"}
     text = getattr(tp, "__name__", None) if not isinstance(tp, types.UnionType) else None
     text = text or str(tp).replace("typing.", "")
     return names.get(text, f"a value of type {text}")

@@ -72,9 +72,9 @@ def check_data_source(params: Params) -> None:
     if where.is_dir() or params.data.source == "hub":
         return
     if params.data.source == "local":
-        raise DataError(f"data.dir = {params.data.dir!r} ({where.resolve()}) is missing, and data.source is 'local'")
+        raise DataError(f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing, and data.source is 'local'")
     if why := hub_unreachable():
-        raise DataError(f"data.dir = {params.data.dir!r} ({where.resolve()}) is missing and the Hugging Face hub is unreachable "
+        raise DataError(f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing and the Hugging Face hub is unreachable "
                         f"({why}); point data.dir at the offline copies or go online")
 
 
