@@ -172,6 +172,9 @@ def test_summary_has_numbers_only(study: Path):
     assert set(s["verdict_code"].values()) <= {1.0, 0.5, 0.0, -1.0}
     assert isinstance(s["parameters"]["lora_selective"]["min"], int) and s["parameters"]["none"] == {"min": 0, "max": 0}
     assert 0 <= s["accuracy"]["rt"]["over"]["lora_selective"] <= 1 and "lora_selective" in s["clean_sst2"]["over"]
+    runs = [*(study / "metrics" / "source").glob("*.json"),
+            *(p for kind in ("finetune", "finetune_lora") for p in (study / "metrics" / kind).glob("*/*.json") if p.name != "stage.json")]
+    assert s["precision"] == {"fp32": len(runs), "bf16": 0}  # every source model and cell, by its resolved precision
 
 
 def test_report_md_starts_with_the_claim_table(study: Path):

@@ -97,15 +97,18 @@ def stage_records(roots: list[Path], params) -> dict[str, list[dict]]:
     return out
 
 
-def summary(claims: pd.DataFrame, acc: pd.DataFrame, cells: pd.DataFrame, data: dict, splits: tuple[str, ...] = ("validation",)) -> dict:
+def summary(claims: pd.DataFrame, acc: pd.DataFrame, cells: pd.DataFrame, data: dict, splits: tuple[str, ...] = ("validation",),
+            precisions: list[str] | None = None) -> dict:
     """metrics/summary.json: numbers only. accuracy: mean validation accuracy over seeds (fraction) per target x
     regime x strategy (lora_random: the mean of its draws), clean_sst2 the same on rt's clean subset; parameters:
     exact trainable counts (min and max over cells); verdict_code: 1 / 0.5 / 0 / -1; audit: the overlap counts of the
-    evaluated splits. No strings: the resolved precision is in report.md only."""
+    evaluated splits; precision: how many stage runs (source models and cells) resolved to each precision. Numbers
+    only, so that `dvc metrics diff` compares everything; the reasons for the precision are in report.md."""
     def r4(x: float) -> float | None:
         return None if x is None or not math.isfinite(x) else round(float(x), 4)
 
-    out: dict = {"seeds": int(acc["seed"].nunique()) if len(acc) else 0, "accuracy": {}, "clean_sst2": {}, "parameters": {}, "verdict_code": {}, "audit": {}}
+    out: dict = {"seeds": int(acc["seed"].nunique()) if len(acc) else 0, "accuracy": {}, "clean_sst2": {}, "parameters": {}, "verdict_code": {}, "audit": {},
+                 "precision": {p: (precisions or []).count(p) for p in ("fp32", "bf16")}}
     fam = acc[(acc["strategy"] == acc["family"]) & (acc["split"] == "validation")]
     for (t, r, s, sub), g in fam.groupby(["target", "regime", "strategy", "subset"], sort=False):
         if sub == "all":
@@ -166,7 +169,7 @@ def main() -> None:
                               table1=tables.table1(acc, cells, paper, params, params.report.confidence),
                               parameters=tables.parameters_table(cells, paper, params, width), audit=tables.audit_table(acc, data),
                               ablation=tables.selection_ablation(diagnose, selection, params.ski), fig_for=FIG_FOR)
-    precision = {}
+    precision, resolved = {}, [str(rec["precision"]) for rec in [*cells.to_dict("records"), *source.values()] if rec.get("precision")]
     for rec in [*cells.to_dict("records"), *source.values(), *[x for v in stage_times.values() for x in v]]:
         if rec.get("precision"):
             precision.setdefault(rec["precision"], rec.get("precision_reason") or "no reason recorded")
@@ -183,7 +186,7 @@ def main() -> None:
                          ("audit", d.audit), ("selection_ablation", d.ablation), ("bands", bands), ("timing", d.timing)):
             df.to_csv(out / f"{name}.csv", index=False)
         (out / "report.md").write_text(markdown.render(d))
-    write_json(args.summary, summary(claims, acc, cells, data, tuple(params.finetune.eval_splits)))
+    write_json(args.summary, summary(claims, acc, cells, data, tuple(params.finetune.eval_splits), resolved))
     logger.info("report: %d claim rows (%s) in %.0f s", len(claims), claims["verdict"].value_counts().to_dict(), time.perf_counter() - t0)
 
 
