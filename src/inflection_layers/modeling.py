@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # torch.save / p
 
 hf_logging.set_verbosity_error()  # the expected "classifier MISSING" load report: we log one line instead
 hf_logging.disable_progress_bar()
+# peft's PeftModel reads `model.is_gradient_checkpointing`, which transformers deprecates with a FutureWarning at
+# every LoRA cell; the study never uses gradient checkpointing, so the warning says nothing to the user.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclasses.dataclass(frozen=True)
