@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from inflection_layers.artifacts import atomic_path, read_parquet
+from inflection_layers.artifacts import atomic_path, read_csv, read_parquet
 from inflection_layers.cells import Group
 from inflection_layers.config import Params, load_params
 from inflection_layers.errors import run_main
@@ -56,13 +56,13 @@ def held_out_data(data_dir: Path, tokenizer: object, params: Params, seed: int) 
                      held[["id", "label"]].assign(split="held_out"), tokenize(tokenizer, held["text"], params.model.max_length), tokenizer.pad_token_id)
 
 
-def sweep_source(params: Params, source: Path, data_dir: Path, seed: int) -> list[dict]:
-    """Every family x rate from one source model -> rows (family, lr, source, accuracy, seconds)."""
+def sweep_source(params: Params, source: Path, data_dir: Path, seed: int, families: list[str]) -> list[dict]:
+    """Every rate of `families` (keys of GRID) from one source model -> rows (family, lr, source, accuracy, seconds)."""
     device = pick_device()
     data = held_out_data(data_dir, load_tokenizer(str(source)), params, seed)
     rows = []
-    for family, rates in GRID.items():
-        for lr in rates:
+    for family in families:
+        for lr in GRID[family]:
             t0 = time.perf_counter()
             seed_everything(seed)
             model = load_model(str(source)).to(device)
@@ -104,9 +104,13 @@ def main() -> None:
     parser.add_argument("--sources", type=Path, nargs="+", required=True, help="source checkpoints, e.g. models/source/over-42")
     parser.add_argument("--out", type=Path, required=True, help="folder for lr.csv and lr.md")
     parser.add_argument("--seed", type=int, default=42, help="batch order, initialisation and held-out split")
+    parser.add_argument("--families", nargs="+", choices=list(GRID), default=list(GRID), help="the families to sweep (default: all)")
+    parser.add_argument("--append", type=Path, help="an earlier lr.csv whose rows join this run's (a sweep done in parts)")
     args = parser.parse_args()
     params = load_params()
-    table = pd.DataFrame([row for source in args.sources for row in sweep_source(params, source, args.data, args.seed)])
+    rows = [row for source in args.sources for row in sweep_source(params, source, args.data, args.seed, args.families)]
+    earlier = read_csv(args.append) if args.append else pd.DataFrame(columns=["family", "lr", "source"])
+    table = pd.concat([earlier, pd.DataFrame(rows)]).drop_duplicates(["family", "lr", "source"], keep="last").reset_index(drop=True)
     chosen = choose(table)
     with atomic_path(args.out, is_dir=True) as out:
         table.to_csv(out / "lr.csv", index=False)
