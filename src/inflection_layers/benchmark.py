@@ -38,7 +38,7 @@ from inflection_layers.config import load_params
 from inflection_layers.diagnostics import measure
 from inflection_layers.errors import run_main
 from inflection_layers.modeling import arch, load_model, load_tokenizer, pick_device, seed_everything
-from inflection_layers.precision import Precision, cpu_info, resolve
+from inflection_layers.precision import BF16_CPU_FLAGS, Precision, cpu_info, resolve
 from inflection_layers.strategies import apply_strategy
 from inflection_layers.training import batch_stream, collate, make_optimizer, make_scheduler, predict, probe_step, to_device, tokenize, train_step
 
@@ -98,29 +98,35 @@ class Bench:
         return sum(len(self.ids[j]) for i in range(n) for j in self.stream[i])
 
 
+def head_cell(b: Bench, model: torch.nn.Module, precision: Precision, frozen: bool) -> tuple[float, int]:
+    """Seconds and real tokens of the `head` cell's training: on features computed once (`frozen`), or the encoder at every step."""
+    t0 = time.perf_counter()
+    model = apply_strategy(model, "head", shallow_k=2)
+    opt = make_optimizer(model, 1e-3, 0.01)
+    sched = make_scheduler(opt, "constant", 10**6, 0.0)
+    head = arch(model).head_forward
+    if not frozen:
+        for i in range(b.steps):
+            train_step(lambda d: model(**d).loss, b.batch(i), opt, sched, precision=precision, max_grad_norm=None, step=i)
+        return time.perf_counter() - t0, b.tokens(b.steps)
+    used = sorted({j for i in range(b.steps) for j in b.stream[i]})
+    feats = dict(zip(used, torch.from_numpy(predict(model, [b.ids[j] for j in used], 128, b.pad, b.device, precision, head_input=True)["head_input"])))
+    for i in range(b.steps):
+        idx = b.stream[i]
+        batch = {"x": torch.stack([feats[j] for j in idx]), "y": torch.tensor([b.labels[j] for j in idx])}
+        train_step(lambda d: F.cross_entropy(head(model, d["x"]), d["y"]), batch, opt, sched, precision=precision, max_grad_norm=1.0, step=i)
+    return time.perf_counter() - t0, sum(len(b.ids[j]) for j in used)
+
+
 def group_work(b: Bench, new: bool, precision: Precision) -> tuple[float, int]:
     """Seconds and real tokens of one group's work: none + head (frozen encoder), full, shallow, lora_selective; each trains `steps` steps and evaluates."""
     attn = None if new else "eager"
     t0, tokens = time.perf_counter(), 0
     model = b.model("none", attn).eval()
-    ev = predict(model, b.eval_ids, 128, b.pad, b.device, precision, head_input=new)
+    predict(model, b.eval_ids, 128, b.pad, b.device, precision, head_input=new)
     tokens += sum(len(x) for x in b.eval_ids)
-    model = apply_strategy(model, "head", shallow_k=2)
-    opt = make_optimizer(model, 1e-3, 0.01)
-    sched = make_scheduler(opt, "constant", 10**6, 0.0)
-    head = arch(model).head_forward
-    if new:  # features once, then the head alone
-        used = sorted({j for i in range(b.steps) for j in b.stream[i]})
-        feats = dict(zip(used, torch.from_numpy(predict(model, [b.ids[j] for j in used], 128, b.pad, b.device, precision, head_input=True)["head_input"])))
-        tokens += sum(len(b.ids[j]) for j in used)
-        for i in range(b.steps):
-            idx = b.stream[i]
-            batch = {"x": torch.stack([feats[j] for j in idx]), "y": torch.tensor([b.labels[j] for j in idx])}
-            train_step(lambda d: F.cross_entropy(head(model, d["x"]), d["y"]), batch, opt, sched, precision=precision, max_grad_norm=1.0, step=i)
-    else:  # the encoder at every step
-        for i in range(b.steps):
-            train_step(lambda d: model(**d).loss, b.batch(i), opt, sched, precision=precision, max_grad_norm=None, step=i)
-        tokens += b.tokens(b.steps)
+    _, head_tokens = head_cell(b, model, precision, frozen=new)
+    tokens += head_tokens
     for strategy in ("full", "shallow", "lora_selective"):
         model = b.model(strategy, attn)
         step = b.stepper(model, precision)
@@ -170,9 +176,10 @@ def main() -> None:
 
     t_old, tok = group_work(b, new=False, precision=FP32)
     t_new, tok_new = group_work(b, new=True, precision=work)
-    head_old = median_time(b.stepper(b.model("head", "eager"), FP32), args.steps)
-    print(f"\n(c) frozen encoder: a `head` step recomputing the encoder takes {head_old:.3f} s; on features computed once "
-          f"the {args.steps} steps cost only the head (see the total)")
+    recompute = statistics.median(head_cell(b, b.model("none").eval(), work, frozen=False)[0] for _ in range(3))
+    once = statistics.median(head_cell(b, b.model("none").eval(), work, frozen=True)[0] for _ in range(3))
+    print(f"\n(c) frozen encoder: the `head` cell's {args.steps} steps recomputing the encoder {recompute:.2f} s, on features computed "
+          f"once {once:.2f} s ({recompute / once:.2f}x; median of 3)")
     t_off = median_time(b.stepper(b.model(), work), args.steps)
     t_on = median_time(b.stepper(b.model(), work, diag=True), max(3, args.steps // 2))
     every = params.finetune.diag_every
@@ -183,10 +190,13 @@ def main() -> None:
           f"{(tok_new / t_new) / (tok / t_old):.2f}x")
 
     if args.base:
+        bf16_hardware = b.device.type == "cuda" or bool(cpu_info()[1] & set(BF16_CPU_FLAGS))
         for name in (params.model.name, "packaged-base"):
             base = Bench(name, args.data, args.steps, params.finetune.batch_size, params.lora)
-            times = {p.name: median_time(base.stepper(base.model(), p), max(3, args.steps // 2)) for p in (FP32, BF16)}
-            print(f"\n(f) {name}: training step at batch {params.finetune.batch_size}: fp32 {times['fp32']:.3f} s, bf16 {times['bf16']:.3f} s")
+            kinds = (FP32, BF16) if bf16_hardware else (FP32,)  # without bf16 hardware, (a) already shows bf16 many times slower
+            times = {p.name: median_time(base.stepper(base.model(), p), max(3, args.steps // 2)) for p in kinds}
+            bf16 = f"bf16 {times['bf16']:.3f} s" if "bf16" in times else f"bf16 not timed (no {' or '.join(BF16_CPU_FLAGS)})"
+            print(f"\n(f) {name}: training step at batch {params.finetune.batch_size}: fp32 {times['fp32']:.3f} s, {bf16}")
 
     if args.dvc:
         t0 = time.perf_counter()
