@@ -89,7 +89,14 @@ def test_table1_puts_the_papers_numbers_beside_ours():
 
 def test_params_text_and_width():
     assert T.params_text(28_418, 28_418) == "28,418" and T.params_text(28_418, 46_850) == "28,418-46,850"
-    assert T.infer_width(pd.DataFrame({"family": ["head"], "trainable_parameters": [770]})) == 384
+    assert T.infer_width(pd.DataFrame({"family": ["head"], "trainable_parameters": [770]}), 4, 3) == 384
+
+
+def test_width_of_an_mpnet_head_comes_from_the_lora_cells() -> None:
+    """MPNet's head is dense + out_proj (w^2 + 3w + 2 = 592,130 at 768): the width must come from the LoRA counts."""
+    cells = pd.DataFrame({"family": ["head", "lora_selective", "lora_all"], "trainable_parameters": [592130, 647426, 813314],
+                          "lora_layers": [None, [2, 3, 7], list(range(12))]})
+    assert T.infer_width(cells, 4, 3) == 768
 
 
 def test_parameters_table_checks_the_lora_formula():

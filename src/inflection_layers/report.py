@@ -157,7 +157,7 @@ def main() -> None:
     cka, probes = read_csv(args.cka), read_csv(args.probes)
     stage_times = stage_records(args.cell_metrics, params)
     depth = int(cells["num_layers"].dropna().max()) if len(cells) and cells["num_layers"].notna().any() else None
-    width = tables.infer_width(cells)
+    width = tables.infer_width(cells, params.lora.rank, len(params.lora.targets))
 
     acc = tables.accuracy_table(preds)
     ev = Evidence(acc=acc, cells=cells, diagnose=diagnose, layers=layers, selection=selection, cka=cka, probes=probes, paper=paper,

@@ -154,8 +154,17 @@ def table1(acc: pd.DataFrame, cells: pd.DataFrame, paper: Paper, params, confide
     return pd.DataFrame(rows)
 
 
-def infer_width(cells: pd.DataFrame, labels: int = 2) -> int | None:
-    """The encoder's width from the head-only cells' classifier (width x labels + labels), else None."""
+def infer_width(cells: pd.DataFrame, rank: int, targets: int, labels: int = 2) -> int | None:
+    """The encoder's width from exact counts: two LoRA cells with different numbers of layers differ by
+    targets x 2 x rank x width per layer, whatever the head; else a BERT head-only cell (width x labels + labels)."""
+    if len(cells) and "lora_layers" in cells:
+        lora = cells[cells["family"].isin(LORA_STRATEGIES)]
+        sizes = {len(x): int(p) for x, p in zip(lora["lora_layers"], lora["trainable_parameters"]) if isinstance(x, (list, tuple, np.ndarray))}
+        if len(sizes) >= 2:
+            (n1, p1), (n2, p2) = sorted(sizes.items())[:2]
+            step = targets * 2 * rank * (n2 - n1)
+            if (p2 - p1) % step == 0:
+                return (p2 - p1) // step
     head = cells.loc[cells["family"] == "head", "trainable_parameters"] if len(cells) else []
     if len(head) and (int(head.iloc[0]) - labels) % labels == 0:
         return (int(head.iloc[0]) - labels) // labels
@@ -166,12 +175,14 @@ def parameters_table(cells: pd.DataFrame, paper: Paper, params, width: int | Non
     """Per strategy family: our exact counts (min, max), the LoRA formula for our model, the paper's stated count,
     the exact arithmetic for bert-base (shallow with and without the pooler) and the paper's own note."""
     rank, t, k = params.lora.rank, len(params.lora.targets), params.finetune.shallow_k
+    heads = cells.loc[cells["family"] == "head", "trainable_parameters"] if len(cells) else []
+    head = int(heads.iloc[0]) if len(heads) else 2 * (width or 0) + 2  # the head cell's exact count (BERT: 2 w + 2; MPNet: w^2 + 3 w + 2)
     rows = []
     for fam, c in cells.groupby("family", sort=False):
         row = {"strategy": fam, "ours_min": int(c["trainable_parameters"].min()), "ours_max": int(c["trainable_parameters"].max())}
         if fam in LORA_STRATEGIES and width:
-            expected = [lora_parameters(rank, width, len(x), t) + 2 * width + 2 for x in c["lora_layers"]]
-            row |= {"formula": f"{t} x 2 x {rank} x {width} x layers + {2 * width + 2:,}",
+            expected = [lora_parameters(rank, width, len(x), t) + head for x in c["lora_layers"]]
+            row |= {"formula": f"{t} x 2 x {rank} x {width} x layers + {head:,} (the head)",
                     "formula_matches": bool(all(int(a) == b for a, b in zip(c["trainable_parameters"], expected)))}
         row |= {"paper_stated": paper.stated_parameters(fam),
                 "bert_base_exact": bert_base_parameters(fam, rank, t, k, paper.band(), pooler=False if fam == "shallow" else True),
