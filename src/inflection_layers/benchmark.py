@@ -38,7 +38,7 @@ from inflection_layers.config import load_params
 from inflection_layers.diagnostics import measure
 from inflection_layers.errors import run_main
 from inflection_layers.modeling import arch, load_model, load_tokenizer, pick_device, seed_everything
-from inflection_layers.precision import BF16_CPU_FLAGS, Precision, cpu_info, resolve
+from inflection_layers.precision import BF16_CPU_FLAGS, Precision, bf16_cpu_flags, cpu_info, resolve
 from inflection_layers.strategies import apply_strategy
 from inflection_layers.training import batch_stream, collate, make_optimizer, make_scheduler, predict, probe_step, to_device, tokenize, train_step
 
@@ -148,8 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     b = Bench(params.model.name, args.data, args.steps, params.finetune.batch_size, params.lora)
-    cpu, flags = cpu_info()
-    bf16_flags = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    cpu, bf16_flags = cpu_info()[0], bf16_cpu_flags()
     print(f"{cpu or 'unknown CPU'}, bf16 flags {bf16_flags or 'none'}; device {b.device.type}, {torch.get_num_threads()} threads; "
           f"model {params.model.name}; batch {params.finetune.batch_size}; {args.steps} timed steps per variant")
 
@@ -190,7 +189,7 @@ def main() -> None:
           f"{(tok_new / t_new) / (tok / t_old):.2f}x")
 
     if args.base:
-        bf16_hardware = b.device.type == "cuda" or bool(cpu_info()[1] & set(BF16_CPU_FLAGS))
+        bf16_hardware = b.device.type == "cuda" or bool(bf16_flags)
         for name in (params.model.name, "packaged-base"):
             base = Bench(name, args.data, args.steps, params.finetune.batch_size, params.lora)
             kinds = (FP32, BF16) if bf16_hardware else (FP32,)  # without bf16 hardware, (a) already shows bf16 many times slower

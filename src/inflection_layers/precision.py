@@ -72,10 +72,13 @@ def cache_file() -> Path:
     return root / "precision.json"
 
 
+def bf16_cpu_flags() -> list[str]:
+    """The bf16 flags (of BF16_CPU_FLAGS) this CPU reports, sorted; empty without bf16 hardware."""
+    return sorted(cpu_info()[1] & set(BF16_CPU_FLAGS))
+
+
 def _machine_key(model_name: str) -> str:
-    cpu, flags = cpu_info()
-    bf16 = sorted(flags & set(BF16_CPU_FLAGS))
-    return f"{cpu}|{','.join(bf16)}|torch {torch.__version__}|{model_name}"
+    return f"{cpu_info()[0]}|{','.join(bf16_cpu_flags())}|torch {torch.__version__}|{model_name}"
 
 
 def _median_seconds(run: Callable[[], None], n: int = 3) -> float:
@@ -98,8 +101,7 @@ def resolve(requested: str, device: torch.device, model_name: str, probe: Callab
     if device.type == "cuda":
         ok = torch.cuda.is_bf16_supported()
         return Precision("bf16" if ok else "fp32", "cuda", "the GPU supports bf16" if ok else "the GPU does not support bf16")
-    _, flags = cpu_info()
-    have = sorted(flags & set(BF16_CPU_FLAGS))
+    have = bf16_cpu_flags()
     if not have:
         return Precision("fp32", "cpu", f"the CPU reports none of {list(BF16_CPU_FLAGS)}")
     key, path = _machine_key(model_name), cache_file()

@@ -169,10 +169,10 @@ def main() -> None:
                               table1=tables.table1(acc, cells, paper, params, params.report.confidence),
                               parameters=tables.parameters_table(cells, paper, params, width), audit=tables.audit_table(acc, data),
                               ablation=tables.selection_ablation(diagnose, selection, params.ski), fig_for=FIG_FOR)
-    precision, resolved = {}, [str(rec["precision"]) for rec in [*cells.to_dict("records"), *source.values()] if rec.get("precision")]
-    for rec in [*cells.to_dict("records"), *source.values(), *[x for v in stage_times.values() for x in v]]:
-        if rec.get("precision"):
-            precision.setdefault(rec["precision"], rec.get("precision_reason") or "no reason recorded")
+    runs = [rec for rec in [*cells.to_dict("records"), *source.values()] if rec.get("precision")]  # source models and cells
+    resolved, precision = [str(rec["precision"]) for rec in runs], {}
+    for rec in [*runs, *[x for v in stage_times.values() for x in v if x.get("precision")]]:
+        precision.setdefault(rec["precision"], rec.get("precision_reason") or "no reason recorded")
     d.precision = precision
     with atomic_path(args.out, is_dir=True) as out:
         d.figures = figures.write_all(out, acc, cells, diagnose, layers, cka, probes, selection, bands, source)
