@@ -43,7 +43,7 @@ def tiny_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([0, 1])}
 
 
-def params_with(**sections: dict) -> "Params":  # noqa: F821
+def params_with(**sections: dict) -> Params:  # noqa: F821
     """The committed params.yaml with some keys replaced, e.g. params_with(finetune={"steps": 7})."""
     import copy
     from pathlib import Path
@@ -62,8 +62,18 @@ def tiny_mpnet(num_layers: int = 3):
     """A tiny random MPNetForSequenceClassification (hidden 32, 4 heads, vocab 99), eager attention."""
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    config = MPNetConfig(vocab_size=99, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4, intermediate_size=37,
-                         max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                         pad_token_id=1, attn_implementation="eager")
+    config = MPNetConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=1,
+        attn_implementation="eager",
+    )
     torch.manual_seed(0)
     return MPNetForSequenceClassification(config)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_data import SHARED, fake_dir, needs_shared, params
 
 from inflection_layers import prepare as prepare_mod
 from inflection_layers.audit import COLUMNS, audit_frame, cover_share, normalise, phrase_set, summarise, words
-from test_data import SHARED, fake_dir, needs_shared, params
 
 
 @pytest.mark.parametrize(
@@ -27,23 +27,25 @@ def test_words_are_runs_of_ascii_letters_and_digits() -> None:
 
 
 def frame(prefix: str, texts: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({"id": [f"{prefix}-{i:04d}" for i in range(len(texts))], "text": texts, "label": [1] * len(texts)})
+    return pd.DataFrame(
+        {"id": [f"{prefix}-{i:04d}" for i in range(len(texts))], "text": texts, "label": [1] * len(texts)}
+    )
 
 
 TRAIN = ["a good film", "Great fun !", "the cast is superb .", "it is n't good", "dull"]
 SOURCE = ["Great fun !"]  # the source models' sample of TRAIN
 DEV = ["a dev-only sentence ."]
 CASES = [  # (evaluation sentence, in_source, in_sst2, share)
-    ("A good film , honestly it drags .", False, False, 3 / 6),      # exactly half: covered
-    ("a good film , honestly it drags on .", False, False, 3 / 7),   # just under half: not covered
-    ("great fun", True, True, 1.0),                                  # in the source sample
-    ("The cast is SUPERB", False, True, 1.0),                        # in SST-2 train, not in the sample
-    ("A dev-only sentence", False, True, 0.0),                       # in SST-2 dev only
-    ("it isn't good", False, True, 1.0),                             # n't split off as SST-2 (PTB) does: the same words
-    ("agood film", False, True, 0.0),                                # the key ignores spaces; phrases need whole words
+    ("A good film , honestly it drags .", False, False, 3 / 6),  # exactly half: covered
+    ("a good film , honestly it drags on .", False, False, 3 / 7),  # just under half: not covered
+    ("great fun", True, True, 1.0),  # in the source sample
+    ("The cast is SUPERB", False, True, 1.0),  # in SST-2 train, not in the sample
+    ("A dev-only sentence", False, True, 0.0),  # in SST-2 dev only
+    ("it isn't good", False, True, 1.0),  # n't split off as SST-2 (PTB) does: the same words
+    ("agood film", False, True, 0.0),  # the key ignores spaces; phrases need whole words
     ("dull , dull , dull", False, False, 1 / 3),
     ("nothing like it here", False, False, 0.0),
-    ("...", False, False, 0.0),                                      # no words at all
+    ("...", False, False, 0.0),  # no words at all
 ]
 
 
@@ -58,7 +60,10 @@ def test_audit_flags_on_a_hand_made_case() -> None:
     evals = {"rt_validation": frame("rt-validation", [c[0] for c in CASES]), "cr_test": frame("cr-test", ["great fun"])}
     audit = audit_frame(evals, frame("s", SOURCE), frame("t", TRAIN), frame("d", DEV))
     assert list(audit.columns) == COLUMNS and len(audit) == len(CASES) + 1
-    assert audit["id"].iloc[0] == "rt-validation-0000" and audit[["target", "split"]].iloc[-1].tolist() == ["cr", "test"]
+    assert audit["id"].iloc[0] == "rt-validation-0000" and audit[["target", "split"]].iloc[-1].tolist() == [
+        "cr",
+        "test",
+    ]
     val = audit[audit["split"] == "validation"]
     assert val["in_source"].tolist() == [c[1] for c in CASES]
     assert val["in_sst2"].tolist() == [c[2] for c in CASES]
@@ -73,10 +78,18 @@ def test_audit_flags_on_a_hand_made_case() -> None:
 
 
 def test_prepare_writes_every_split_the_audit_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = params("local", fake_dir(tmp_path / "data"), verify=False, sst2_subsample=100, eval_subsample=50, subsample_seed=3)
+    data = params(
+        "local", fake_dir(tmp_path / "data"), verify=False, sst2_subsample=100, eval_subsample=50, subsample_seed=3
+    )
     tables, metrics = prepare_mod.prepare(data, ["rt", "cr"])
-    assert set(tables) == {"sst2_source", "sst2_dev", "audit"} | {f"{t}_{s}" for t in ("rt", "cr") for s in ("train", "validation", "test")}
-    assert metrics["sizes"]["rt_validation"] == 50 and metrics["sizes"]["cr_test"] == 50 and metrics["sizes"]["rt_train"] == 8_530
+    assert set(tables) == {"sst2_source", "sst2_dev", "audit"} | {
+        f"{t}_{s}" for t in ("rt", "cr") for s in ("train", "validation", "test")
+    }
+    assert (
+        metrics["sizes"]["rt_validation"] == 50
+        and metrics["sizes"]["cr_test"] == 50
+        and metrics["sizes"]["rt_train"] == 8_530
+    )
     assert metrics["sizes"]["sst2_source"] == 100 and "audit" not in metrics["sizes"] and metrics["source"] == "local"
     val = tables["rt_validation"]
     assert val["label"].sum() == 25 and val["id"].is_monotonic_increasing  # stratified, original order, original ids
@@ -86,7 +99,9 @@ def test_prepare_writes_every_split_the_audit_and_metrics(tmp_path: Path, monkey
     prepare_mod.write(tables, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.parquet" for n in tables)
     assert pd.read_parquet(out / "audit.parquet").dtypes["in_sst2"] == bool
-    monkeypatch.setattr(prepare_mod, "load_params", lambda: type("P", (), {"data": data, "study": type("S", (), {"targets": ["cr"]})})())
+    monkeypatch.setattr(
+        prepare_mod, "load_params", lambda: type("P", (), {"data": data, "study": type("S", (), {"targets": ["cr"]})})()
+    )
     monkeypatch.setattr(sys, "argv", ["prepare", "--out", str(out), "--metrics", str(met)])
     prepare_mod.main()
     assert set(json.loads(met.read_text())["audit"]) == {"cr"} and not (out / "rt_train.parquet").exists()

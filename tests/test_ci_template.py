@@ -38,7 +38,9 @@ def steps(job: dict) -> list[dict]:
 
 def the_job(wf: dict) -> tuple[str, dict]:
     """The job that runs the smoke reproduction."""
-    found = [(name, job) for name, job in wf["jobs"].items() if any("profile=smoke" in s.get("run", "") for s in steps(job))]
+    found = [
+        (name, job) for name, job in wf["jobs"].items() if any("profile=smoke" in s.get("run", "") for s in steps(job))
+    ]
     assert len(found) == 1, f"expected one job running the smoke profile, found {[n for n, _ in found]}"
     return found[0]
 
@@ -93,7 +95,9 @@ def test_it_runs_on_push_and_pull_request_with_python_3_11() -> None:
     setup = [s for s in steps(job) if s.get("uses", "").startswith("actions/setup-python@")]
     assert len(setup) == 1 and str(setup[0]["with"]["python-version"]) == "3.11"
     checkout = [s for s in steps(job) if s.get("uses", "").startswith("actions/checkout@")]
-    assert checkout and checkout[0].get("with", {}).get("fetch-depth") == 0  # the diff against main needs main's history
+    assert (
+        checkout and checkout[0].get("with", {}).get("fetch-depth") == 0
+    )  # the diff against main needs main's history
 
 
 def test_setup_takes_the_cpu_torch() -> None:
@@ -106,24 +110,37 @@ def test_setup_takes_the_cpu_torch() -> None:
         for words in commands(step.get("run", "")):
             if words[0] == "make" and "setup" in make_goals(words):
                 setups += 1
-                inline = {w.split("=", 1)[0]: w.split("=", 1)[1] for w in words[1:] if "=" in w and not w.startswith("-")}
+                inline = {
+                    w.split("=", 1)[0]: w.split("=", 1)[1] for w in words[1:] if "=" in w and not w.startswith("-")
+                }
                 index = inline.get("TORCH_INDEX", env.get("TORCH_INDEX"))
                 if index == "$TORCH_INDEX":
                     index = env.get("TORCH_INDEX")
                 assert index == CPU_INDEX, f"make setup with TORCH_INDEX={index!r}"
             if "pip" in words and "install" in words and any(w.startswith("torch") for w in words):
-                assert f"--index-url={CPU_INDEX}" in words or CPU_INDEX in words, f"a torch install without the CPU index: {words}"
+                assert f"--index-url={CPU_INDEX}" in words or CPU_INDEX in words, (
+                    f"a torch install without the CPU index: {words}"
+                )
     assert setups == 1
-    assert "TORCH_INDEX ?=" in (ROOT / "Makefile").read_text() and "--index-url $(TORCH_INDEX)" in (ROOT / "Makefile").read_text()
+    assert (
+        "TORCH_INDEX ?=" in (ROOT / "Makefile").read_text()
+        and "--index-url $(TORCH_INDEX)" in (ROOT / "Makefile").read_text()
+    )
 
 
 def test_the_smoke_reproduction_runs_after_setup() -> None:
     _, job = the_job(workflow())
     runs = [s.get("run", "") for s in steps(job)]
     setup = next(i for i, r in enumerate(runs) if any(w[0] == "make" and "setup" in make_goals(w) for w in commands(r)))
-    smoke = next(i for i, r in enumerate(runs) if any(w[:3] == ["dvc", "exp", "run"] and "profile=smoke" in w for w in commands(r)))
+    smoke = next(
+        i
+        for i, r in enumerate(runs)
+        if any(w[:3] == ["dvc", "exp", "run"] and "profile=smoke" in w for w in commands(r))
+    )
     assert setup < smoke
-    assert any(w[:3] == ["git", "config", "user.name"] for r in runs[: smoke + 1] for w in commands(r))  # dvc exp run commits
+    assert any(
+        w[:3] == ["git", "config", "user.name"] for r in runs[: smoke + 1] for w in commands(r)
+    )  # dvc exp run commits
 
 
 def test_both_diffs_against_main_go_to_the_job_summary(tmp_path: Path) -> None:
@@ -134,7 +151,9 @@ def test_both_diffs_against_main_go_to_the_job_summary(tmp_path: Path) -> None:
     (step,) = [r for r in runs if "metrics diff" in r and "params diff" in r]
     assert runs.index(step) > smoke
     for kind in ("metrics", "params"):
-        assert any(w[:3] == ["dvc", kind, "diff"] and "--md" in w and "main" in w for w in commands(step)), f"dvc {kind} diff --md main"
+        assert any(w[:3] == ["dvc", kind, "diff"] and "--md" in w and "main" in w for w in commands(step)), (
+            f"dvc {kind} diff --md main"
+        )
     if shutil.which("bash") is None:
         pytest.skip("bash is needed to run the step")
     stubs = tmp_path / "bin"
@@ -145,8 +164,14 @@ def test_both_diffs_against_main_go_to_the_job_summary(tmp_path: Path) -> None:
     (tmp_path / ".venv/bin").mkdir(parents=True)
     (tmp_path / ".venv/bin/dvc").symlink_to(stubs / "dvc")  # for a template that calls .venv/bin/dvc
     summary = tmp_path / "summary.md"
-    env = {"PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "GITHUB_STEP_SUMMARY": str(summary), "HOME": str(tmp_path)}
-    ran = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "HOME": str(tmp_path),
+    }
+    ran = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert ran.returncode == 0, ran.stderr
     text = summary.read_text()
     assert "STUB dvc metrics diff --md main" in text and "STUB dvc params diff --md main" in text
@@ -156,8 +181,15 @@ def test_both_diffs_against_main_go_to_the_job_summary(tmp_path: Path) -> None:
 def test_every_make_target_called_is_defined() -> None:
     defined = makefile_targets()
     assert {"setup", "test", "study"} <= defined  # the parser reads the Makefile
-    called = [(goal, run) for job in workflow()["jobs"].values() for s in steps(job) for run in [s.get("run", "")]
-              for words in commands(run) if words[0] == "make" for goal in make_goals(words)]
+    called = [
+        (goal, run)
+        for job in workflow()["jobs"].values()
+        for s in steps(job)
+        for run in [s.get("run", "")]
+        for words in commands(run)
+        if words[0] == "make"
+        for goal in make_goals(words)
+    ]
     assert called, "the template calls no make target"
     missing = sorted({goal for goal, _ in called} - defined)
     assert missing == [], f"make targets not in the Makefile: {missing}"
@@ -168,4 +200,9 @@ def test_the_makefile_parser_sees_targets_not_assignments(tmp_path: Path) -> Non
     words = re.findall(r"^([A-Za-z0-9_.$()/-][^:=\s]*(?:\s+[^:=\s]+)*)\s*:(?![=])", text, flags=re.M)
     assert words == [".PHONY", "x", "y", "z w"]
     assert make_goals(["make", "-s", "setup", "TORCH_INDEX=x", "-C", "dir", "test"]) == ["setup", "test"]
-    assert commands('make setup && echo "a; b" # c\n{ dvc x; } >> "$F"') == [["make", "setup"], ["echo", "a; b"], ["dvc", "x"], [">>", "$F"]]
+    assert commands('make setup && echo "a; b" # c\n{ dvc x; } >> "$F"') == [
+        ["make", "setup"],
+        ["echo", "a; b"],
+        ["dvc", "x"],
+        [">>", "$F"],
+    ]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from inflection_layers.cka import (
+from inflection_layers.cka import cka_rows
+from inflection_layers.similarity import (
     debiased_cka,
     delta_cka,
-    delta_cka_layers,
     linear_cka,
     linear_cka_gram,
     shared_pca,
@@ -159,11 +159,11 @@ NAN_X[0, 0] = np.nan
         (lambda: linear_cka_gram(np.ones((5, 2)), np.ones((6, 2))), "same number"),
         (lambda: linear_cka(np.ones((1, 2)), np.ones((1, 2))), "at least 2"),
         (lambda: debiased_cka(np.eye(3), np.eye(3)), "at least 4"),
-        (lambda: delta_cka(np.eye(3), np.eye(3), method="debiased"), "at least 4"),
+        (lambda: delta_cka(np.eye(3), np.eye(3), pca_dim=None, method="debiased"), "at least 4"),
         (lambda: linear_cka(NAN_X, np.ones((10, 3))), "finite"),
         (lambda: debiased_cka(np.ones((10, 3)), np.where(np.isnan(NAN_X), np.inf, 1.0)), "finite"),
-        (lambda: delta_cka(NAN_X, np.ones((10, 3))), "finite"),
-        (lambda: delta_cka(np.eye(5), np.eye(5), method="rbf"), "'linear', 'debiased'"),
+        (lambda: delta_cka(NAN_X, np.ones((10, 3)), pca_dim=None), "finite"),
+        (lambda: delta_cka(np.eye(5), np.eye(5), pca_dim=None, method="rbf"), "'linear', 'debiased'"),
     ],
 )
 def test_errors(call, match):
@@ -171,20 +171,26 @@ def test_errors(call, match):
         call()
 
 
-@pytest.mark.parametrize("kw", [{}, {"pca_dim": None}, {"method": "debiased", "standardized": True}])
-def test_delta_cka_layers(kw):
+def test_cka_rows_give_every_variant_per_layer_and_skip_a_constant_layer():
+    """The stage's per-layer rows: layer -1 (a constant [CLS], as the embeddings' is) has none; the others carry
+    delta_cka equal to delta_cka() of that layer in the shared basis."""
     rng = np.random.default_rng(0)
     before = rng.normal(size=(3, 20, 16)).astype(np.float16)
+    before[0] = before[0, :1]  # every sentence the same vector
     after = (before + 0.5 * rng.normal(size=before.shape)).astype(np.float16)
-    out = delta_cka_layers(before, after, **kw)
-    assert out.shape == (3,) and out.dtype == np.float64 and np.isfinite(out).all()
-    expected = [delta_cka(before[i].astype(np.float64), after[i].astype(np.float64), **kw) for i in range(3)]
-    assert np.allclose(out, expected, atol=1e-12)
+    after[0] = before[0]
+    rows = cka_rows(before, after, 8, strategy="full")
+    assert sorted({r["layer"] for r in rows}) == [0, 1] and {r["strategy"] for r in rows} == {"full"}
+    for layer in (0, 1):
+        got = {r["metric"]: r["value"] for r in rows if r["layer"] == layer}
+        assert set(got) == {"delta_cka", "delta_cka_debiased", "delta_cka_standardized"}
+        b, a = before[layer + 1].astype(np.float64), after[layer + 1].astype(np.float64)
+        assert got["delta_cka"] == pytest.approx(delta_cka(b, a, pca_dim=8), abs=1e-12)
 
 
 def test_float16_rounding_of_a_constant_vector_is_still_constant() -> None:
     """The embeddings' [CLS] saved as float16 from batches of different shapes: equal up to one unit in the last place."""
-    from inflection_layers.cka import linear_cka
+    from inflection_layers.similarity import linear_cka
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(1, 16)).astype(np.float16)

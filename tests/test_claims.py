@@ -11,38 +11,67 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inflection_layers import claims as C
-from inflection_layers import claims_layers as CL
 from inflection_layers.cells import family
-from inflection_layers.claims_base import CLAIM_COLUMNS, PART_COLUMNS, Evidence
-from inflection_layers.paper import Paper
-from inflection_layers.verdicts import INCONCLUSIVE as I
-from inflection_layers.verdicts import NOT_REPRODUCED as N
-from inflection_layers.verdicts import PARTIAL as P
-from inflection_layers.verdicts import REPRODUCED as R
-from inflection_layers.verdicts import greater, less
+from inflection_layers.reporting import claims as C
+from inflection_layers.reporting import claims_layers as CL
+from inflection_layers.reporting.claims_base import CLAIM_COLUMNS, PART_COLUMNS, Evidence
+from inflection_layers.reporting.paper import Paper
+from inflection_layers.reporting.verdicts import INCONCLUSIVE as I
+from inflection_layers.reporting.verdicts import NOT_REPRODUCED as N
+from inflection_layers.reporting.verdicts import PARTIAL as P
+from inflection_layers.reporting.verdicts import REPRODUCED as R
+from inflection_layers.reporting.verdicts import greater, less
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = Paper.read(ROOT / "data" / "paper" / "stated.csv")
-PARAMS = SimpleNamespace(report=SimpleNamespace(confidence=0.95, alpha=0.05, power=0.8, bootstrap=100, seed=0),
-                         lora=SimpleNamespace(rank=4, targets=["query", "key", "value"]), finetune=SimpleNamespace(shallow_k=2),
-                         ski=SimpleNamespace(method="local_max", alpha=0.5, s=1, threshold=0.25, max_band=3, random_draws=3))
+PARAMS = SimpleNamespace(
+    report=SimpleNamespace(confidence=0.95, alpha=0.05, power=0.8, bootstrap=100, seed=0),
+    lora=SimpleNamespace(rank=4, targets=["query", "key", "value"]),
+    finetune=SimpleNamespace(shallow_k=2),
+    ski=SimpleNamespace(method="local_max", alpha=0.5, s=1, threshold=0.25, max_band=3, random_draws=3),
+)
 SEEDS = (1, 2, 3)
 EMPTY = pd.DataFrame(columns=["layer", "metric", "value", "target", "regime", "seed", "strategy"])
 
 
 def ev(**kw) -> Evidence:
-    base = dict(acc=pd.DataFrame(columns=["target", "regime", "seed", "strategy", "family", "split", "subset", "n", "accuracy"]),
-                cells=pd.DataFrame(columns=["target", "regime", "seed", "strategy", "family", "trainable_parameters", "lora_layers"]),
-                diagnose=EMPTY, layers=EMPTY, selection=pd.DataFrame(), cka=EMPTY, probes=EMPTY, paper=PAPER, params=PARAMS,
-                num_layers=12, width=32)
+    base = dict(
+        acc=pd.DataFrame(
+            columns=["target", "regime", "seed", "strategy", "family", "split", "subset", "n", "accuracy"]
+        ),
+        cells=pd.DataFrame(
+            columns=["target", "regime", "seed", "strategy", "family", "trainable_parameters", "lora_layers"]
+        ),
+        diagnose=EMPTY,
+        layers=EMPTY,
+        selection=pd.DataFrame(),
+        cka=EMPTY,
+        probes=EMPTY,
+        paper=PAPER,
+        params=PARAMS,
+        num_layers=12,
+        width=32,
+    )
     return Evidence(**(base | kw))
 
 
 def acc(values: dict, target: str = "rt", subset: str = "all", n: int = 1000) -> pd.DataFrame:
     """values: (regime, strategy) -> per-seed accuracies."""
-    rows = [{"target": target, "regime": r, "seed": seed, "strategy": s, "family": family(s),
-             "split": "validation", "subset": subset, "n": n, "accuracy": a} for (r, s), xs in values.items() for seed, a in zip(SEEDS, xs)]
+    rows = [
+        {
+            "target": target,
+            "regime": r,
+            "seed": seed,
+            "strategy": s,
+            "family": family(s),
+            "split": "validation",
+            "subset": subset,
+            "n": n,
+            "accuracy": a,
+        }
+        for (r, s), xs in values.items()
+        for seed, a in zip(SEEDS, xs)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -57,9 +86,16 @@ def shifted(strategies, gap, noise=NOISE):
 # --- verdicts: a direction only ---
 
 
-@pytest.mark.parametrize(("lo", "hi", "mde", "expected"), [
-    ((0.01, 0.02, math.nan, R)), ((-0.02, -0.01, 0.5, N)), ((-0.01, 0.02, 0.001, I)), ((-0.01, 0.02, math.nan, I)), ((math.nan, math.nan, math.nan, I)),
-])
+@pytest.mark.parametrize(
+    ("lo", "hi", "mde", "expected"),
+    [
+        ((0.01, 0.02, math.nan, R)),
+        ((-0.02, -0.01, 0.5, N)),
+        ((-0.01, 0.02, 0.001, I)),
+        ((-0.01, 0.02, math.nan, I)),
+        ((math.nan, math.nan, math.nan, I)),
+    ],
+)
 def test_greater_without_a_stated_effect(lo, hi, mde, expected):
     assert greater(lo, hi, mde, None) == expected
     assert less(-hi, -lo, mde, None) == expected
@@ -73,7 +109,9 @@ def test_a_stated_effect_still_decides_not_reproduced_when_detectable():
 # --- accuracy claims ---
 
 
-@pytest.mark.parametrize(("gap", "noise", "expected"), [(0.03, NOISE, R), (-0.03, NOISE, N), (0.0, np.array([0.05, -0.06, 0.01]), I)])
+@pytest.mark.parametrize(
+    ("gap", "noise", "expected"), [(0.03, NOISE, R), (-0.03, NOISE, N), (0.0, np.array([0.05, -0.06, 0.01]), I)]
+)
 def test_p1(gap, noise, expected):
     row, parts = C.p1(ev(acc=acc(shifted(["head", "full"], gap, noise))), "rt")
     assert row["verdict"] == expected and set(row) == set(CLAIM_COLUMNS)
@@ -93,7 +131,10 @@ def test_p2(gap, expected):
     assert parts[0]["effect"] == pytest.approx(PAPER.accuracy_difference("over", "lora_selective", "over", "lora_all"))
 
 
-@pytest.mark.parametrize(("diff", "expected"), [(np.array([0.0001, -0.0001, 0.0]), R), (np.array([0.05, 0.06, 0.055]), N), (np.array([0.03, -0.03, 0.0]), I)])
+@pytest.mark.parametrize(
+    ("diff", "expected"),
+    [(np.array([0.0001, -0.0001, 0.0]), R), (np.array([0.05, 0.06, 0.055]), N), (np.array([0.03, -0.03, 0.0]), I)],
+)
 def test_p3_is_an_equivalence_test_with_the_papers_std_as_margin(diff, expected):
     row, parts = C.p3(ev(acc=acc({("over", "shallow"): BASE, ("over", "lora_all"): BASE + diff})), "rt")
     assert row["verdict"] == expected
@@ -103,18 +144,38 @@ def test_p3_is_an_equivalence_test_with_the_papers_std_as_margin(diff, expected)
 @pytest.mark.parametrize(("sign", "expected"), [(1, R), (-1, N)])
 def test_p4(sign, expected):
     d = 0.02 * sign
-    v = {("under", "shallow"): BASE, ("under", "full"): BASE, ("under", "lora_selective"): BASE - d + NOISE,
-         ("over", "shallow"): BASE, ("over", "lora_selective"): BASE + d + NOISE}
+    v = {
+        ("under", "shallow"): BASE,
+        ("under", "full"): BASE,
+        ("under", "lora_selective"): BASE - d + NOISE,
+        ("over", "shallow"): BASE,
+        ("over", "lora_selective"): BASE + d + NOISE,
+    }
     row, parts = C.p4(ev(acc=acc(v)), "rt")
     assert row["verdict"] == expected and len(parts) == 4
     assert "the paper's own numbers" in parts[0]["paper_value"]
 
 
 def test_o1_ranks_ski_among_the_draws():
-    v = {("over", "lora_selective"): BASE + 0.02 + NOISE} | {("over", f"lora_random_{d}"): BASE - 0.01 * d for d in range(3)}
+    v = {("over", "lora_selective"): BASE + 0.02 + NOISE} | {
+        ("over", f"lora_random_{d}"): BASE - 0.01 * d for d in range(3)
+    }
     a = acc(v)
     mean = a[a["strategy"].str.startswith("lora_random_")].groupby("seed", as_index=False)["accuracy"].mean()
-    a = pd.concat([a, mean.assign(target="rt", regime="over", strategy="lora_random", family="lora_random", split="validation", subset="all", n=1000)])
+    a = pd.concat(
+        [
+            a,
+            mean.assign(
+                target="rt",
+                regime="over",
+                strategy="lora_random",
+                family="lora_random",
+                split="validation",
+                subset="all",
+                n=1000,
+            ),
+        ]
+    )
     row, parts = C.o1(ev(acc=a), "rt")
     assert row["verdict"] == R and row["source"] == "ours"
     assert "rank per seed: 1 of 4, 1 of 4, 1 of 4" in parts[1]["part"]
@@ -122,9 +183,24 @@ def test_o1_ranks_ski_among_the_draws():
 
 @pytest.mark.parametrize(("gap", "expected"), [(0.02, R), (-0.02, N)])
 def test_o2(gap, expected):
-    v = {("under", r): BASE for r in ("lora_rgn", "lora_cka", "lora_complement")} | {("under", "lora_selective"): BASE + gap + NOISE}
-    cells = pd.DataFrame([{"target": "rt", "regime": "under", "seed": s, "strategy": x, "family": x, "trainable_parameters": 100, "lora_layers": [1]}
-                          for s in SEEDS for x in ("lora_selective", "lora_rgn", "lora_cka", "lora_complement")])
+    v = {("under", r): BASE for r in ("lora_rgn", "lora_cka", "lora_complement")} | {
+        ("under", "lora_selective"): BASE + gap + NOISE
+    }
+    cells = pd.DataFrame(
+        [
+            {
+                "target": "rt",
+                "regime": "under",
+                "seed": s,
+                "strategy": x,
+                "family": x,
+                "trainable_parameters": 100,
+                "lora_layers": [1],
+            }
+            for s in SEEDS
+            for x in ("lora_selective", "lora_rgn", "lora_cka", "lora_complement")
+        ]
+    )
     row, parts = C.o2(ev(acc=acc(v), cells=cells), "rt")
     assert row["verdict"] == expected and all("equal budget" in p["part"] for p in parts)
 
@@ -148,8 +224,19 @@ def test_p11_states_the_papers_counts_against_bert_base_arithmetic():
 
 
 def test_p11_checks_our_counts_against_our_formula():
-    cells = pd.DataFrame([{"target": "rt", "regime": "over", "seed": 1, "strategy": "lora_all", "family": "lora_all",
-                           "trainable_parameters": 3 * 2 * 4 * 32 * 2 + 66, "lora_layers": [0, 1]}])
+    cells = pd.DataFrame(
+        [
+            {
+                "target": "rt",
+                "regime": "over",
+                "seed": 1,
+                "strategy": "lora_all",
+                "family": "lora_all",
+                "trainable_parameters": 3 * 2 * 4 * 32 * 2 + 66,
+                "lora_layers": [0, 1],
+            }
+        ]
+    )
     _, parts = C.p11(ev(cells=cells))
     assert parts[-1]["verdict"] == R and not parts[-1]["in_verdict"]
 
@@ -157,7 +244,14 @@ def test_p11_checks_our_counts_against_our_formula():
 def test_all_claims_has_one_row_per_claim_and_target():
     claims, parts = C.all_claims(ev(), ["rt", "cr"])
     assert list(claims.columns) == CLAIM_COLUMNS and list(parts.columns) == PART_COLUMNS
-    assert list(claims["id"]) == [x for k in [f"P{i}" for i in range(1, 11)] for x in (k, k)] + ["P11", "O1", "O1", "O2", "O2", "O3"]
+    assert list(claims["id"]) == [x for k in [f"P{i}" for i in range(1, 11)] for x in (k, k)] + [
+        "P11",
+        "O1",
+        "O1",
+        "O2",
+        "O2",
+        "O3",
+    ]
     assert set(claims["verdict"]) <= {R, P, N, I}
 
 
@@ -173,9 +267,13 @@ def diag(flip: bool = False, steep_at: int = 5, L: int = 12) -> pd.DataFrame:
             h = 2.0 + 0.05 * np.abs(np.arange(L) - 5) - (0.1 * jitter if over else 0.0)
             g = np.ones(L)
             g[steep_at:] = 0.1 * jitter if over else 0.3
-            g[steep_at + 1:] *= 0.5
+            g[steep_at + 1 :] *= 0.5
             key = {"target": "rt", "regime": regime, "seed": seed}
-            rows += [{"layer": l, "metric": m, "value": v[l]} | key for l in range(L) for m, v in (("entropy", h), ("act_grad", g))]
+            rows += [
+                {"layer": l, "metric": m, "value": v[l]} | key
+                for l in range(L)
+                for m, v in (("entropy", h), ("act_grad", g))
+            ]
     return pd.DataFrame(rows)
 
 
@@ -197,8 +295,26 @@ def layer_table(ratio_act: float, ratio_param_full: float) -> pd.DataFrame:
                 f_act = ratio_act * j if regime == "over" else 1.0
                 f_par = (ratio_act if s == "shallow" else ratio_param_full) * j if regime == "over" else 1.0
                 for l in range(12):
-                    rows += [{"layer": l, "metric": "act_grad", "value": 1e-4 * f_act, "target": "rt", "regime": regime, "seed": seed, "strategy": s},
-                             {"layer": l, "metric": "param_grad", "value": 1.0 * f_par, "target": "rt", "regime": regime, "seed": seed, "strategy": s}]
+                    rows += [
+                        {
+                            "layer": l,
+                            "metric": "act_grad",
+                            "value": 1e-4 * f_act,
+                            "target": "rt",
+                            "regime": regime,
+                            "seed": seed,
+                            "strategy": s,
+                        },
+                        {
+                            "layer": l,
+                            "metric": "param_grad",
+                            "value": 1.0 * f_par,
+                            "target": "rt",
+                            "regime": regime,
+                            "seed": seed,
+                            "strategy": s,
+                        },
+                    ]
     return pd.DataFrame(rows)
 
 
@@ -219,7 +335,9 @@ def test_p7():
     other = {("under", s): [s, s + 1] for s in SEEDS} | {("over", s): [9, 10 + s] for s in SEEDS}
     assert CL.p7(ev(selection=selection(other)), "rt")[0]["verdict"] == N
     one = {(r, 1): [4, 5, 6] for r in ("under", "over")}
-    assert CL.p7(ev(selection=selection(one)), "rt")[0]["verdict"] == P  # identical across regimes; across seeds unobservable
+    assert (
+        CL.p7(ev(selection=selection(one)), "rt")[0]["verdict"] == P
+    )  # identical across regimes; across seeds unobservable
 
 
 def p8_diag(argmin: int, g0: float) -> pd.DataFrame:
@@ -229,8 +347,11 @@ def p8_diag(argmin: int, g0: float) -> pd.DataFrame:
             h = 2.0 + 0.1 * np.abs(np.arange(12) - argmin)
             g = np.ones(12)
             g[0] = g0
-            rows += [{"layer": l, "metric": m, "value": v, "target": "rt", "regime": regime, "seed": seed}
-                     for l in range(12) for m, v in (("entropy", h[l]), ("act_grad", g[l]))]
+            rows += [
+                {"layer": l, "metric": m, "value": v, "target": "rt", "regime": regime, "seed": seed}
+                for l in range(12)
+                for m, v in (("entropy", h[l]), ("act_grad", g[l]))
+            ]
     return pd.DataFrame(rows)
 
 
@@ -257,8 +378,26 @@ def probes(good: bool) -> pd.DataFrame:
                     lin = 0.5 + 0.3 * l / 11 + (0.08 * l / 11 if regime == "over" else 0) + j
                 else:  # peaks at the bottom, OVER behind, most in the upper layers
                     lin = 0.8 - 0.3 * l / 11 - ((0.1 if l > 6 else 0.02) if regime == "over" else 0) + j
-                rows += [{"layer": l, "metric": "linear", "value": lin, "target": "rt", "regime": regime, "seed": seed, "strategy": "shallow"},
-                         {"layer": l, "metric": "linear_shuffled", "value": 0.5 if good else 0.95, "target": "rt", "regime": regime, "seed": seed, "strategy": "shallow"}]
+                rows += [
+                    {
+                        "layer": l,
+                        "metric": "linear",
+                        "value": lin,
+                        "target": "rt",
+                        "regime": regime,
+                        "seed": seed,
+                        "strategy": "shallow",
+                    },
+                    {
+                        "layer": l,
+                        "metric": "linear_shuffled",
+                        "value": 0.5 if good else 0.95,
+                        "target": "rt",
+                        "regime": regime,
+                        "seed": seed,
+                        "strategy": "shallow",
+                    },
+                ]
     return pd.DataFrame(rows)
 
 
@@ -275,8 +414,18 @@ def cka(good: bool) -> pd.DataFrame:
             for l in range(12):
                 full = (0.035 if l > 6 else 0.005) * j if good else (0.5 if l <= 6 else 0.1) * j
                 shallow = (0.005 * j if l >= 10 else 0.0) if good else 0.2 * j
-                rows += [{"layer": l, "metric": "delta_cka", "value": v, "target": "rt", "regime": regime, "seed": seed, "strategy": s}
-                         for s, v in (("full", full), ("shallow", shallow))]
+                rows += [
+                    {
+                        "layer": l,
+                        "metric": "delta_cka",
+                        "value": v,
+                        "target": "rt",
+                        "regime": regime,
+                        "seed": seed,
+                        "strategy": s,
+                    }
+                    for s, v in (("full", full), ("shallow", shallow))
+                ]
     return pd.DataFrame(rows)
 
 

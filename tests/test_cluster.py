@@ -1,4 +1,4 @@
-"""inflection_layers.cluster on a real one-node Slurm (Debian's slurm-wlm + munge) on 127.0.0.1.
+"""inflection_layers.tools.cluster on a real one-node Slurm (Debian's slurm-wlm + munge) on 127.0.0.1.
 
 The `slurm` fixture installs slurm-wlm and munge when slurmctld is missing and we are root, starts munged,
 slurmctld and slurmd in a scratch folder (free ports, so it never meets another cluster), and tears them
@@ -24,9 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from inflection_layers.cluster import job_state
+from inflection_layers.tools.cluster import job_state
 
 pytestmark = pytest.mark.cluster
 
@@ -66,8 +65,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def run(*cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capture its text output; on `check`, fail the test with its output."""
     proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode:
@@ -111,15 +111,25 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     key = r / "munge/munge.key"
     run("/usr/sbin/mungekey", "--create", f"--keyfile={key}")
     key.chmod(0o600)
-    run("/usr/sbin/munged", "--force", f"--key-file={key}", f"--socket={r}/munge/munge.socket",
-        f"--pid-file={r}/munge/munged.pid", f"--log-file={r}/munge/munged.log", f"--seed-file={r}/munge/munged.seed")
+    run(
+        "/usr/sbin/munged",
+        "--force",
+        f"--key-file={key}",
+        f"--socket={r}/munge/munge.socket",
+        f"--pid-file={r}/munge/munged.pid",
+        f"--log-file={r}/munge/munged.log",
+        f"--seed-file={r}/munge/munged.seed",
+    )
     probe = run("/usr/sbin/slurmd", "-C", env={k: v for k, v in os.environ.items() if k != "SLURM_CONF"}).stdout
     hw = dict(re.findall(r"(\w+)=(\d+)", probe.splitlines()[0]))
     fields = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
     hardware = " ".join(f"{k}={hw[k]}" for k in fields)
     conf = r / "etc/slurm.conf"
-    conf.write_text(SLURM_CONF.format(R=r, ctld_port=free_port(), slurmd_port=free_port(), hardware=hardware,
-                                      memory=hw["RealMemory"]))  # more than `slurmd -C` drains the node
+    conf.write_text(
+        SLURM_CONF.format(
+            R=r, ctld_port=free_port(), slurmd_port=free_port(), hardware=hardware, memory=hw["RealMemory"]
+        )
+    )  # more than `slurmd -C` drains the node
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
     try:
@@ -128,8 +138,10 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         deadline = time.monotonic() + 60
         while run("sinfo", "-h", "-o", "%T", check=False).stdout.strip() != "idle":
             if time.monotonic() > deadline:
-                pytest.fail(f"the Slurm node never became idle:\n{tail(r / 'log/slurmctld.log')}\n"
-                            f"{tail(r / 'log/slurmd-localhost.log')}")
+                pytest.fail(
+                    f"the Slurm node never became idle:\n{tail(r / 'log/slurmctld.log')}\n"
+                    f"{tail(r / 'log/slurmd-localhost.log')}"
+                )
             time.sleep(0.5)
         yield r
     finally:
@@ -246,8 +258,13 @@ cluster:
   resources:
     default: {{cpus: 1, gpus: 0, minutes: 5, mem_gb: 1}}
 """
-TOY_OUTPUTS = ["data/gen-1.txt", "data/gen-2.txt", *(f"data/sq-{s}/{i}.txt" for s in (1, 2) for i in range(5)),
-               "results/total.json", "report.md"]
+TOY_OUTPUTS = [
+    "data/gen-1.txt",
+    "data/gen-2.txt",
+    *(f"data/sq-{s}/{i}.txt" for s in (1, 2) for i in range(5)),
+    "results/total.json",
+    "report.md",
+]
 
 
 def git_commit(root: Path, message: str) -> None:
@@ -272,11 +289,20 @@ def make_toy(root: Path, remote: Path, divisor_2: float = 4) -> Path:
     return root
 
 
-def cluster(root: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """`python -m inflection_layers.cluster ARGS` in `root` (its output is echoed for `pytest -s`)."""
-    proc = run(sys.executable, "-m", "inflection_layers.cluster", *args, cwd=root,
-               env={**os.environ, **(env or {})}, timeout=timeout, check=False)
+def cluster(
+    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`python -m inflection_layers.tools.cluster ARGS` in `root` (its output is echoed for `pytest -s`)."""
+    proc = run(
+        sys.executable,
+        "-m",
+        "inflection_layers.tools.cluster",
+        *args,
+        cwd=root,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
     print(proc.stdout, proc.stderr, sep="\n")
     return proc
 
@@ -321,8 +347,14 @@ def test_toy_pipeline_one_job_per_stage(slurm: Path, tmp_path: Path) -> None:
         assert list(jobs) == ["gen@1", "gen@2", "square@1", "square@2", "combine", "(final)"]
         assert state["final_runs"] == ["report"]
         assert len({j["id"] for j in jobs.values()}) == len(jobs)
-        expected = {"gen@1": [], "gen@2": [], "square@1": ["gen@1"], "square@2": ["gen@2"],
-                    "combine": ["square@1", "square@2"], "(final)": [s for s in jobs if s != "(final)"]}
+        expected = {
+            "gen@1": [],
+            "gen@2": [],
+            "square@1": ["gen@1"],
+            "square@2": ["gen@2"],
+            "combine": ["square@1", "square@2"],
+            "(final)": [s for s in jobs if s != "(final)"],
+        }
         for stage, job in jobs.items():
             info = scontrol(job["id"])
             assert info["JobName"] == f"dvc:{stage}" and info["JobState"] == "PENDING"
@@ -356,8 +388,13 @@ def test_toy_failure_cancels_dependants_and_resubmission_reruns_only_the_rest(sl
     assert status.returncode == 1
     states = {stage: scontrol(job["id"]) for stage, job in first.items()}
     assert {s: v["JobState"] for s, v in states.items()} == {
-        "gen@1": "COMPLETED", "gen@2": "FAILED", "square@1": "COMPLETED", "square@2": "CANCELLED",
-        "combine": "CANCELLED", "(final)": "CANCELLED"}
+        "gen@1": "COMPLETED",
+        "gen@2": "FAILED",
+        "square@1": "COMPLETED",
+        "square@2": "CANCELLED",
+        "combine": "CANCELLED",
+        "(final)": "CANCELLED",
+    }
     assert all(states[s]["Reason"] == "DependencyNeverSatisfied" for s in ("square@2", "combine", "(final)"))
     failed = f"failed: gen@2 (job {first['gen@2']['id']}, FAILED, exit 255:0), log {first['gen@2']['log']}"
     assert failed in status.stdout  # dvc exits 255 when a stage's command fails
@@ -421,19 +458,37 @@ def test_study_smoke_profile_on_slurm(slurm: Path, tmp_path: Path) -> None:
         run("git", "config", key, value, cwd=study)
     # params.yaml composed as `dvc exp run -S profile=smoke -S data.dir=...` would, by DVC's own Hydra code,
     # from the clone's config module; the smoke profile's `cluster` section asks for one CPU and no GPU per job.
-    compose = ("import sys; from dvc.utils.hydra import compose_and_dump; "
-               "compose_and_dump('params.yaml', None, 'inflection_layers.conf', 'config', '.', sys.argv[1:])")
-    run(sys.executable, "-c", compose, "profile=smoke", f"data.dir={data.resolve()}", cwd=study,
-        env={**os.environ, "PYTHONPATH": str(study / "src")})
+    compose = (
+        "import sys; from dvc.utils.hydra import compose_and_dump; "
+        "compose_and_dump('params.yaml', None, 'inflection_layers.conf', 'config', '.', sys.argv[1:])"
+    )
+    run(
+        sys.executable,
+        "-c",
+        compose,
+        "profile=smoke",
+        f"data.dir={data.resolve()}",
+        cwd=study,
+        env={**os.environ, "PYTHONPATH": str(study / "src")},
+    )
     run("dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=study)
     git_commit(study, "smoke profile on the cluster")
     start = time.monotonic()
     assert cluster(study, "submit", timeout=1800).returncode == 0
     assert cluster(study, "wait", "--timeout=7200", timeout=7300).returncode == 0
     jobs = json.loads((study / ".dvc/tmp/cluster/state.json").read_text())
-    print(f"study smoke profile on the cluster: {len(jobs['jobs'])} jobs (the final one ran {jobs['final_runs']}), "
-          f"{time.monotonic() - start:.0f} s")
+    print(
+        f"study smoke profile on the cluster: {len(jobs['jobs'])} jobs (the final one ran {jobs['final_runs']}), "
+        f"{time.monotonic() - start:.0f} s"
+    )
     assert_clean(study)
-    check = run(sys.executable, "-m", "inflection_layers.reference", "metrics/summary.json",
-                str(study / "tests/reference/smoke-summary.json"), cwd=study, check=False)
+    check = run(
+        sys.executable,
+        "-m",
+        "inflection_layers.tools.reference",
+        "metrics/summary.json",
+        str(study / "tests/reference/smoke-summary.json"),
+        cwd=study,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout

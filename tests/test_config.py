@@ -45,6 +45,7 @@ def yaml_keys(raw: dict, prefix: str = "", stop: frozenset = frozenset({"cluster
 
 def test_the_schema_has_no_default_values() -> None:
     """A default in code would be a hidden profile nobody reads."""
+
     def walk(cls: type) -> list[str]:
         out = []
         for f in dataclasses.fields(cls):

@@ -27,7 +27,9 @@ from inflection_layers.data import (
 )
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (the offline copies) is not beside the repository")
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason="../shared/data (the offline copies) is not beside the repository"
+)
 BOTH = ["rt", "cr"]
 
 
@@ -39,12 +41,19 @@ def params(source: str = "local", dir: str | Path = SHARED, verify: bool = True,
 
 # ---- the real files ------------------------------------------------------------------------------
 
+
 @needs_shared
 def test_real_files_match_the_hub_sizes_and_the_pinned_checksums() -> None:
     splits, files = load_local(SHARED, BOTH, verify=True)
     assert {k: len(v) for k, v in splits.items()} == {
-        "sst2_train": 67_349, "sst2_dev": 872, "rt_train": 8_530, "rt_validation": 1_066, "rt_test": 1_066,
-        "cr_train": 3_012, "cr_validation": 375, "cr_test": 375,
+        "sst2_train": 67_349,
+        "sst2_dev": 872,
+        "rt_train": 8_530,
+        "rt_validation": 1_066,
+        "rt_test": 1_066,
+        "cr_train": 3_012,
+        "cr_validation": 375,
+        "cr_test": 375,
     }
     val = splits["rt_validation"]
     assert val["text"].iloc[0].startswith("compassionately explores the seemingly irreconcilable situation")
@@ -57,14 +66,20 @@ def test_real_files_match_the_hub_sizes_and_the_pinned_checksums() -> None:
 @needs_shared
 def test_real_cr_split_follows_the_readme_rule() -> None:
     splits, _ = load_local(SHARED, ["cr"], verify=True)
-    counts = {s: (len(splits[f"cr_{s}"]), int(splits[f"cr_{s}"]["label"].sum())) for s in ("train", "validation", "test")}
+    counts = {
+        s: (len(splits[f"cr_{s}"]), int(splits[f"cr_{s}"]["label"].sum())) for s in ("train", "validation", "test")
+    }
     assert counts == {"train": (3_012, 1_920), "validation": (375, 239), "test": (375, 239)}
     val, test = splits["cr_validation"], splits["cr_test"]
     assert val.iloc[0][["id", "text", "label"]].tolist() == [
-        "cr-validation-0000", "and amazon . com has it for such a great price -- how can you go wrong ? .", 1]
+        "cr-validation-0000",
+        "and amazon . com has it for such a great price -- how can you go wrong ? .",
+        1,
+    ]
     assert val[val["label"] == 0].iloc[0]["text"] == (
         "i thought it was just the player , but then i started checking the discs to find that the apex 2600 is "
-        "actually ruining my media .")
+        "actually ruining my media ."
+    )
     line10 = (SHARED / CR_FILES[1]).read_bytes().split(b"\n")[9].decode("ascii").strip()
     assert test.iloc[0]["text"] == line10 and test.iloc[0]["label"] == 1
 
@@ -78,6 +93,7 @@ def test_only_the_targets_files_are_read() -> None:
 
 
 # ---- split rules and parsing ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("n", "cuts"), [(5331, (4265, 4798)), (10, (8, 9)), (1, (1, 1)), (0, (0, 0))])
 def test_rt_cut_points(n: int, cuts: tuple[int, int]) -> None:
@@ -117,14 +133,17 @@ def test_encoding_trap_0x85_is_not_a_line_break() -> None:
 
 
 def test_sst2_reader_keeps_quotes_and_trailing_space() -> None:
-    raw = 'sentence\tlabel\na "quoted" film \t1\nnull \t0\n'.encode()
+    raw = b'sentence\tlabel\na "quoted" film \t1\nnull \t0\n'
     assert parse_sst2(raw, Path("train.tsv")) == (['a "quoted" film ', "null "], [1, 0])
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"text\tlabel\nx\t1\n", "expected columns"), (b"sentence\tlabel\nx\t2\n", "label must be 0 or 1"),
-     (b"\n", "not a tab-separated file")],
+    [
+        (b"text\tlabel\nx\t1\n", "expected columns"),
+        (b"sentence\tlabel\nx\t2\n", "label must be 0 or 1"),
+        (b"\n", "not a tab-separated file"),
+    ],
 )
 def test_sst2_reader_refuses_bad_files(raw: bytes, message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -132,6 +151,7 @@ def test_sst2_reader_refuses_bad_files(raw: bytes, message: str) -> None:
 
 
 # ---- damaged files -------------------------------------------------------------------------------
+
 
 def fake_dir(root: Path) -> Path:
     """Files in the original formats with the real line counts (not the pinned versions)."""
@@ -148,7 +168,7 @@ def fake_dir(root: Path) -> Path:
 
 
 def _patch(offset: int, byte: bytes) -> Callable[[bytes], bytes]:
-    return lambda raw: raw[:offset] + byte + raw[offset + 1:]
+    return lambda raw: raw[:offset] + byte + raw[offset + 1 :]
 
 
 DAMAGE = [  # (file, change of the bytes or None to delete it, message)
@@ -164,16 +184,26 @@ DAMAGE = [  # (file, change of the bytes or None to delete it, message)
     ("SST-2/train.tsv", _patch(20, b"\xff"), r"not UTF-8 \(byte 0xFF on line 2\)"),
     ("CR/custrev.pos", _patch(3, b"\xff"), r"not ASCII \(byte 0xFF on line 1\)"),
     ("CR/custrev.pos", _patch(3, b"\xe9"), r"not ASCII"),
-    ("rt-polaritydata/rt-polarity.pos", _patch(len(b"fine \x85 .\n") + 2, b"\x81"), r"not Windows-1252 \(byte 0x81, undefined there, on line 2\)"),
+    (
+        "rt-polaritydata/rt-polarity.pos",
+        _patch(len(b"fine \x85 .\n") + 2, b"\x81"),
+        r"not Windows-1252 \(byte 0x81, undefined there, on line 2\)",
+    ),
     ("rt-polaritydata/rt-polarity.neg", _patch(1, b"\x9d"), r"not Windows-1252 \(byte 0x9D"),
-    ("rt-polaritydata/rt-polarity.pos", lambda raw: raw[: len(b"fine \x85 .\n") * 5_000], r"expected 5,331 lines, found 5,000"),
+    (
+        "rt-polaritydata/rt-polarity.pos",
+        lambda raw: raw[: len(b"fine \x85 .\n") * 5_000],
+        r"expected 5,331 lines, found 5,000",
+    ),
     ("CR/custrev.neg", lambda raw: raw + b"extra .\n", r"expected 1,368 lines, found 1,369"),
     ("SST-2/dev.tsv", lambda raw: raw + b"one more \t1\n", r"expected 872 examples, found 873"),
 ]
 
 
 @pytest.mark.parametrize(("rel", "change", "message"), DAMAGE, ids=[f"{d[0]}:{d[2][:24]}" for d in DAMAGE])
-def test_damaged_file_is_refused_naming_the_file(tmp_path: Path, rel: str, change: Callable | None, message: str) -> None:
+def test_damaged_file_is_refused_naming_the_file(
+    tmp_path: Path, rel: str, change: Callable | None, message: str
+) -> None:
     root = fake_dir(tmp_path)
     path = root / rel
     if change is None:
@@ -187,7 +217,9 @@ def test_damaged_file_is_refused_naming_the_file(tmp_path: Path, rel: str, chang
 
 def test_checksum_mismatch_is_refused_unless_verification_is_off(tmp_path: Path) -> None:
     root = fake_dir(tmp_path)
-    with pytest.raises(DataError, match=r"sha256 is [0-9a-f]{64} but the pinned copy's is 48eac263.*data.verify_checksums: false") as e:
+    with pytest.raises(
+        DataError, match=r"sha256 is [0-9a-f]{64} but the pinned copy's is 48eac263.*data.verify_checksums: false"
+    ) as e:
         load_local(root, BOTH, verify=True)
     assert str(e.value).startswith(f"{root / 'SST-2/train.tsv'}: ")
     splits, files = load_local(root, BOTH, verify=False)
@@ -200,10 +232,15 @@ def test_cr_files_are_not_touched_for_rt_only(tmp_path: Path) -> None:
     (root / "CR/custrev.pos").unlink()
     splits, files = load_local(root, ["rt"], verify=False)
     assert "cr_train" not in splits and set(files) == {
-        "SST-2/train.tsv", "SST-2/dev.tsv", "rt-polaritydata/rt-polarity.pos", "rt-polaritydata/rt-polarity.neg"}
+        "SST-2/train.tsv",
+        "SST-2/dev.tsv",
+        "rt-polaritydata/rt-polarity.pos",
+        "rt-polaritydata/rt-polarity.neg",
+    }
 
 
 # ---- directory and hub -----------------------------------------------------------------------------
+
 
 def test_local_with_missing_dir_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
@@ -223,14 +260,20 @@ def _no_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("offline", [("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "true"), None])
 def test_auto_with_missing_dir_and_unreachable_hub_fails_fast(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, offline: tuple[str, str] | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    offline: tuple[str, str] | None,
 ) -> None:
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     if offline:
         monkeypatch.setenv(*offline)
-        monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("no connection when offline is set"))
+        monkeypatch.setattr(
+            socket, "create_connection", lambda *a, **k: pytest.fail("no connection when offline is set")
+        )
     else:
+
         def refuse(address: tuple[str, int], timeout: float) -> None:
             assert address == ("huggingface.co", 443) and timeout == 3.0
             raise TimeoutError("timed out")
@@ -260,8 +303,13 @@ def test_hub_path_maps_columns_and_halves_cr_test(monkeypatch: pytest.MonkeyPatc
             d = datasets.Dataset.from_dict({"sentence": ["good ", "bad "], "label": [1, 0], "idx": [0, 1]})
             return datasets.DatasetDict(train=d, validation=d)
         if name == data_mod.HUB["cr"][0]:
-            t = datasets.Dataset.from_dict({"text": ["a", "b", "c", "d", "e"], "label": [1, 0, 1, 1, 0],
-                                            "label_text": ["positive", "negative", "positive", "positive", "negative"]})
+            t = datasets.Dataset.from_dict(
+                {
+                    "text": ["a", "b", "c", "d", "e"],
+                    "label": [1, 0, 1, 1, 0],
+                    "label_text": ["positive", "negative", "positive", "positive", "negative"],
+                }
+            )
             return datasets.DatasetDict(train=t, test=t)
         d = datasets.Dataset.from_dict({"text": ["fine .", "awful ."], "label": [1, 0]})
         return datasets.DatasetDict(train=d, validation=d, test=d)

@@ -10,12 +10,12 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from inflection_layers.diagnostics import (
-    measure,
     ActivationGradRecorder,
     attention_entropy,
     encoder_parts,
     layer_attention_entropy,
     logit_margin,
+    measure,
     param_grad_norms,
 )
 
@@ -141,7 +141,9 @@ def per_token_reference(model: nn.Module, batch: dict[str, torch.Tensor]) -> tup
     grads = torch.autograd.grad(out.loss, out.hidden_states)  # L + 1 of (B, T, D)
     valid = batch["attention_mask"].bool()
     per_token = [g.norm(dim=-1) for g in grads]  # (B, T)
-    return torch.stack([n[valid].double().mean() for n in per_token]).float(), torch.stack([n[:, 0].double().mean() for n in per_token]).float()
+    return torch.stack([n[valid].double().mean() for n in per_token]).float(), torch.stack(
+        [n[:, 0].double().mean() for n in per_token]
+    ).float()
 
 
 def test_recorder_matches_autograd(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
@@ -154,7 +156,9 @@ def test_recorder_matches_autograd(tiny_bert: nn.Module, tiny_batch: dict[str, t
     torch.testing.assert_close(rec.cls_norms(), want_cls, rtol=1e-5, atol=0)
 
 
-def test_the_last_layer_is_averaged_over_tokens_like_every_other(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
+def test_the_last_layer_is_averaged_over_tokens_like_every_other(
+    tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]
+) -> None:
     """Only the first token of the last layer gets a gradient (the head reads it alone); its per-token
     mean still divides by every valid token, as at every other layer, so it is not a [CLS]-only figure."""
     with ActivationGradRecorder(tiny_bert) as rec:
@@ -257,8 +261,9 @@ def test_encoder_parts(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]
 
 def test_measured_entropy_does_not_depend_on_dropout(tiny_batch: dict[str, torch.Tensor]) -> None:
     """measure() runs in eval mode: a model with dropout 0.9, in train mode, gives the entropy of dropout 0."""
-    from conftest import tiny_config
     from transformers import BertForSequenceClassification
+
+    from conftest import tiny_config
 
     results = []
     for p in (0.0, 0.9):
@@ -273,8 +278,9 @@ def test_measured_entropy_does_not_depend_on_dropout(tiny_batch: dict[str, torch
 
 
 def test_measure_switches_sdpa_to_eager_and_back(tiny_batch: dict[str, torch.Tensor]) -> None:
-    from conftest import tiny_config
     from transformers import BertForSequenceClassification
+
+    from conftest import tiny_config
 
     config = tiny_config()
     config._attn_implementation = "sdpa"

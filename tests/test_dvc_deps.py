@@ -16,16 +16,21 @@ PKG = ROOT / "src" / "inflection_layers"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def path_of(module: str) -> Path:
+    """The file of a package module given by its dotted name below the package ('reporting.claims')."""
+    return PKG / f"{module.replace('.', '/')}.py"
+
+
 def imported(module: str) -> set[str]:
-    """Package modules that `module` imports anywhere in its source."""
+    """Package modules (dotted names below the package) that `module` imports anywhere in its source."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse((PKG / f"{module}.py").read_text())):
+    for node in ast.walk(ast.parse(path_of(module).read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "inflection_layers":
-            parts = node.module.split(".")
-            out |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+            below = node.module.split(".", 1)[1] if "." in node.module else ""
+            out |= {f"{below}.{a.name}".lstrip(".") for a in node.names} | ({below} if below else set())
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("inflection_layers.")}
-    return {m for m in out if (PKG / f"{m}.py").is_file()}
+            out |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("inflection_layers.")}
+    return {m for m in out if path_of(m).is_file()}
 
 
 def closure(module: str) -> set[str]:
@@ -41,13 +46,19 @@ def closure(module: str) -> set[str]:
 
 def script_of(stage: dict) -> str:
     """The module a stage's command runs (`python -m inflection_layers.<module>`)."""
-    match = re.search(r"-m inflection_layers\.(\w+)", stage["cmd"])
+    match = re.search(r"-m inflection_layers\.([\w.]+)", stage["cmd"])
     assert match, f"stage command does not run a package module: {stage['cmd']}"
     return match.group(1)
 
 
 def declared(stage: dict) -> set[str]:
-    return {Path(d).stem for d in stage.get("deps", []) if str(d).startswith("src/inflection_layers/") and str(d).endswith(".py")}
+    """The package modules a stage lists in its deps, as dotted names below the package."""
+    prefix = "src/inflection_layers/"
+    return {
+        str(d)[len(prefix) : -3].replace("/", ".")
+        for d in stage.get("deps", [])
+        if str(d).startswith(prefix) and str(d).endswith(".py")
+    }
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -71,5 +82,22 @@ def test_every_stage_runs_after_validation(name: str) -> None:
 
 def test_the_check_fails_when_a_module_is_dropped() -> None:
     """The test above is not vacuous: without training.py, diagnose's deps are incomplete."""
-    stage = dict(STAGES["diagnose"], deps=[d for d in STAGES["diagnose"]["deps"] if d != "src/inflection_layers/training.py"])
+    stage = dict(
+        STAGES["diagnose"], deps=[d for d in STAGES["diagnose"]["deps"] if d != "src/inflection_layers/training.py"]
+    )
     assert "training" in closure(script_of(stage)) - declared(stage)
+
+
+def test_no_module_imports_a_stage_script() -> None:
+    """Stage scripts are leaves: library code that two places need lives in a library module, never in a stage."""
+    scripts = {script_of(stage) for stage in STAGES.values()}
+    modules = [".".join(f.relative_to(PKG).with_suffix("").parts) for f in PKG.rglob("*.py") if f.name != "__init__.py"]
+    offenders = {m: sorted((imported(m) & scripts) - {m}) for m in modules}
+    assert {m: s for m, s in offenders.items() if s} == {}
+
+
+def test_the_layers_are_visible_in_the_folders() -> None:
+    """The report's library and the hand-run tools each have a sub-package; no stage script lives in one."""
+    scripts = {script_of(stage) for stage in STAGES.values()}
+    assert (PKG / "reporting" / "claims.py").is_file() and (PKG / "tools" / "benchmark.py").is_file()
+    assert all("." not in s for s in scripts), sorted(scripts)

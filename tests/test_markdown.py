@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from inflection_layers import markdown as M
+from inflection_layers.reporting import markdown as M
 
 
 def test_describe_gap_flips():
@@ -39,37 +39,81 @@ def test_describe_over_training_flips():
 
 
 def ablation(size: float) -> pd.DataFrame:
-    return pd.DataFrame([{"method": m, "alpha": 0.5, "s": 1, "cap": "none", "size": size} for m in ("local_max", "greedy")])
+    return pd.DataFrame(
+        [{"method": m, "alpha": 0.5, "s": 1, "cap": "none", "size": size} for m in ("local_max", "greedy")]
+    )
 
 
 def test_describe_rule_says_why_from_the_numbers():
     capped = SimpleNamespace(method="local_max", alpha=0.5, s=1, max_band=3)
-    assert "because with 12 layers an uncapped band covers 7.0 of them (58%)" in M.describe_rule(capped, 12, ablation(7))
+    assert "because with 12 layers an uncapped band covers 7.0 of them (58%)" in M.describe_rule(
+        capped, 12, ablation(7)
+    )
     small = M.describe_rule(capped, 12, ablation(2))
     assert "because" not in small and "2.0 of them" in small
     paper = SimpleNamespace(method="greedy", alpha=0.5, s=1, max_band=None)
-    assert M.describe_rule(paper, 12, ablation(7)).startswith("The LoRA cells used the greedy rule (alpha 0.5, +-1, no cap)")
+    assert M.describe_rule(paper, 12, ablation(7)).startswith(
+        "The LoRA cells used the greedy rule (alpha 0.5, +-1, no cap)"
+    )
 
 
 def test_describe_power_counts_underpowered_parts():
-    parts = pd.DataFrame({"test": ["greater", "greater", "less"], "in_verdict": [True] * 3, "detectable_effect": [0.02, 0.005, math.nan],
-                          "effect": [0.01, 0.01, None]})
+    parts = pd.DataFrame(
+        {
+            "test": ["greater", "greater", "less"],
+            "in_verdict": [True] * 3,
+            "detectable_effect": [0.02, 0.005, math.nan],
+            "effect": [0.01, 0.01, None],
+        }
+    )
     text = M.describe_power(parts)
-    assert "1 of 3 statistical parts have no detectable effect" in text and "of the 2 that test a stated size, 1 could not detect it" in text
+    assert (
+        "1 of 3 statistical parts have no detectable effect" in text
+        and "of the 2 that test a stated size, 1 could not detect it" in text
+    )
 
 
 def test_describe_clean_flips():
     def audit(clean: float) -> pd.DataFrame:
-        return pd.DataFrame([{"target": "rt", "split": "validation", "regime": "over", "strategy": "full", "subset": s, "n": n, "accuracy": a}
-                             for s, n, a in (("all", 100, 90.0), ("clean_sst2", 30, clean))])
+        return pd.DataFrame(
+            [
+                {
+                    "target": "rt",
+                    "split": "validation",
+                    "regime": "over",
+                    "strategy": "full",
+                    "subset": s,
+                    "n": n,
+                    "accuracy": a,
+                }
+                for s, n, a in (("all", 100, 90.0), ("clean_sst2", 30, clean))
+            ]
+        )
+
     assert "higher than on the 30 clean_sst2 sentences" in M.describe_clean(audit(85.0), "rt")[0]
     assert "lower than" in M.describe_clean(audit(95.0), "rt")[0]
 
 
 def test_table1_shows_the_papers_row_beside_ours():
-    t1 = pd.DataFrame([{"target": "rt", "regime": "over", "strategy": "lora_selective", "n_seeds": 3, "validation_all_n": 1066,
-                        "validation_all_mean": 88.1, "validation_all_std": 0.4, "validation_all_ci_low": 87.1, "validation_all_ci_high": 89.1,
-                        "params": "28,418", "paper": "91.59 ± 0.15", "paper_params_stated": 300000, "bert_base_params": 93698}])
+    t1 = pd.DataFrame(
+        [
+            {
+                "target": "rt",
+                "regime": "over",
+                "strategy": "lora_selective",
+                "n_seeds": 3,
+                "validation_all_n": 1066,
+                "validation_all_mean": 88.1,
+                "validation_all_std": 0.4,
+                "validation_all_ci_low": 87.1,
+                "validation_all_ci_high": 89.1,
+                "params": "28,418",
+                "paper": "91.59 ± 0.15",
+                "paper_params_stated": 300000,
+                "bert_base_params": 93698,
+            }
+        ]
+    )
     text = "\n".join(M.table1_section(t1, "rt"))
     row = next(line for line in text.splitlines() if "lora_selective" in line)
     assert "88.10 ± 0.40 [87.10, 89.10]" in row and "91.59 ± 0.15" in row and "~300,000" in row and "93,698" in row
@@ -81,8 +125,22 @@ def test_values_and_intervals_in_their_units():
 
 
 def test_claim_table_columns():
-    claims = pd.DataFrame([{"id": "P1", "target": "rt", "claim": "c", "source": "paper", "paper_value": "+1.00 points", "ours": 0.5, "ci_low": -0.1,
-                            "ci_high": 1.1, "unit": "points", "verdict": "Inconclusive"}])
+    claims = pd.DataFrame(
+        [
+            {
+                "id": "P1",
+                "target": "rt",
+                "claim": "c",
+                "source": "paper",
+                "paper_value": "+1.00 points",
+                "ours": 0.5,
+                "ci_low": -0.1,
+                "ci_high": 1.1,
+                "unit": "points",
+                "verdict": "Inconclusive",
+            }
+        ]
+    )
     table = M.claim_table(claims)[0].splitlines()
     assert table[0] == "| id | target | claim | paper | ours | interval | verdict |" and "**Inconclusive**" in table[2]
 
@@ -92,4 +150,6 @@ def test_describe_stale_flips():
     same = pd.DataFrame({"params": [vars(ski), vars(ski)]})
     other = pd.DataFrame({"params": [vars(ski), {**vars(ski), "max_band": None}]})
     assert M.describe_stale(ski, same).startswith("All 2 groups")
-    assert M.describe_stale(ski, other).startswith("1 of 2 groups") and "dvc repro select" in M.describe_stale(ski, other)
+    assert M.describe_stale(ski, other).startswith("1 of 2 groups") and "dvc repro select" in M.describe_stale(
+        ski, other
+    )

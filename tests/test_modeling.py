@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification
 
 from conftest import tiny_config, tiny_mpnet
+from inflection_layers.archs import PACKAGED, arch, resolve_model_path
 from inflection_layers.errors import ModelError
-from inflection_layers.modeling import PACKAGED, arch, attention, load_model, load_tokenizer, resolve_model_path, save_checkpoint
+from inflection_layers.modeling import attention, load_model, load_tokenizer, save_checkpoint
 
 
 def test_packaged_model_loads_offline_with_one_attention_tensor_per_layer() -> None:
@@ -72,12 +73,17 @@ def test_non_finite_weights_are_refused_naming_the_file(tiny_bert: torch.nn.Modu
         load_model(str(tmp_path))
 
 
-@pytest.mark.parametrize(("name", "match"), [
-    ("./no_such_dir", "not an existing directory"),
-    ("/no/such/model/dir", "not an existing directory"),
-    ("nosuchorg/nosuchmodel", "neither an existing directory nor in the local hub cache"),
-])
-def test_a_model_that_is_neither_a_folder_nor_reachable_is_one_line(name: str, match: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("./no_such_dir", "not an existing directory"),
+        ("/no/such/model/dir", "not an existing directory"),
+        ("nosuchorg/nosuchmodel", "neither an existing directory nor in the local hub cache"),
+    ],
+)
+def test_a_model_that_is_neither_a_folder_nor_reachable_is_one_line(
+    name: str, match: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match=match) as err:
         resolve_model_path(name)

@@ -20,13 +20,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inflection_layers.figures import FIGURES
+from inflection_layers.reporting.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DIR = ROOT / ".dvc" / "plots"
 TIDY = {"layer", "epoch", "trainable_parameters", "value", "std", "series", "panel", "in_band"}
 # Anchors DVC fills in a custom template (dvc_render/vega.py, VegaRenderer.get_filled_template); DATA is required.
-ANCHORS = ("<DVC_METRIC_DATA>", "<DVC_METRIC_TITLE>", "<DVC_METRIC_X>", "<DVC_METRIC_Y>", "<DVC_METRIC_X_LABEL>", "<DVC_METRIC_Y_LABEL>")
+ANCHORS = (
+    "<DVC_METRIC_DATA>",
+    "<DVC_METRIC_TITLE>",
+    "<DVC_METRIC_X>",
+    "<DVC_METRIC_Y>",
+    "<DVC_METRIC_X_LABEL>",
+    "<DVC_METRIC_Y_LABEL>",
+)
 ANCHOR = re.compile(r"<DVC_METRIC_[A-Z_]+>")
 
 
@@ -83,17 +90,23 @@ def test_every_figure_csv_has_one_definition_and_every_png_is_listed():
     out = report_dir()
     csvs = sorted(csv_of(p) for p in series.values())
     assert len(csvs) == len(set(csvs)), f"a CSV is drawn twice: {csvs}"
-    assert set(csvs) == {f"{out}/{stem}.csv" for stem in FIGURES}, "dvc.yaml plots: must draw exactly figures.FIGURES' CSVs"
+    assert set(csvs) == {f"{out}/{stem}.csv" for stem in FIGURES}, (
+        "dvc.yaml plots: must draw exactly figures.FIGURES' CSVs"
+    )
     assert set(series) == set(FIGURES), "plot ids are the figure stems (the ids `dvc plots show <id>` takes)"
     for pid, props in series.items():
         assert csv_of(props) == f"{out}/{pid}.csv"
-    assert sorted(images) == sorted(f"{out}/{stem}.png" for stem in FIGURES), "list each figure's PNG (rendered as an image)"
+    assert sorted(images) == sorted(f"{out}/{stem}.png" for stem in FIGURES), (
+        "list each figure's PNG (rendered as an image)"
+    )
 
 
 def test_definitions_read_tidy_columns_only():
     """x is the figure's x column and y is `value`: nothing names a seed, a target, a regime or a strategy."""
     study = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf8")).get("study", {})
-    specific = {str(v) for key in ("targets", "regimes", "seeds", "strategies", "lora_strategies") for v in study.get(key) or []}
+    specific = {
+        str(v) for key in ("targets", "regimes", "seeds", "strategies", "lora_strategies") for v in study.get(key) or []
+    }
     series, _ = definitions()
     for pid, props in series.items():
         ((_, y),) = props["y"].items()
@@ -101,7 +114,9 @@ def test_definitions_read_tidy_columns_only():
         assert y == "value", f"{pid}: y must be the tidy `value` column, not {y!r}"
         for field in (props["x"], y):
             assert field in TIDY
-            assert not any(tok in re.split(r"[_\W]+", field) for tok in specific), f"{pid}: {field!r} is profile-specific"
+            assert not any(tok in re.split(r"[_\W]+", field) for tok in specific), (
+                f"{pid}: {field!r} is profile-specific"
+            )
             assert not re.search(r"\d", field), f"{pid}: {field!r} looks seed-specific"
 
 
@@ -111,9 +126,13 @@ def test_titles_and_axis_labels_say_what_is_drawn():
     for pid, props in series.items():
         x_col, caption, y_label, _ = FIGURES[pid]
         assert props.get("title") == caption, f"{pid}: title should be figures.FIGURES' caption"
-        assert str(props.get("y_label", "")).replace("\n", " ") == y_label, f"{pid}: y_label should be the PNG's y label"
+        assert str(props.get("y_label", "")).replace("\n", " ") == y_label, (
+            f"{pid}: y_label should be the PNG's y label"
+        )
         x_label = str(props.get("x_label", ""))
-        assert x_label.strip() and x_label not in TIDY | {"x", "y", "step"}, f"{pid}: x_label must name the axis and its unit"
+        assert x_label.strip() and x_label not in TIDY | {"x", "y", "step"}, (
+            f"{pid}: x_label must name the axis and its unit"
+        )
         assert "\n" not in props["title"]
 
 
@@ -135,7 +154,9 @@ def test_templates_exist_are_vega_lite_and_use_dvc_anchors():
         for key, s in strings(t):
             # labels and titles may hold '\n' or quotes: never inside an expression (Vega-Lite does not escape them)
             if key in {"calculate", "filter", "test", "expr", "signal", "labelExpr"}:
-                assert not re.search(r"<DVC_METRIC_(TITLE|X_LABEL|Y_LABEL)>", s), f"{name}: label inside expression {s!r}"
+                assert not re.search(r"<DVC_METRIC_(TITLE|X_LABEL|Y_LABEL)>", s), (
+                    f"{name}: label inside expression {s!r}"
+                )
     orphans = {p.stem for p in TEMPLATE_DIR.glob("*.json")} - used
     assert not orphans, f"templates no plot uses: {sorted(orphans)}"
 
@@ -177,8 +198,14 @@ def tidy_rows(stem: str, revs=("workspace",)) -> list[dict]:
             for series in ("a", "b"):
                 for i in range(3):
                     xv = 10 ** (3 + i) if x == "trainable_parameters" else i
-                    row = {x: str(xv), "value": str(0.5 + 0.1 * i if stem != "delta_cka" else -2.2e-16 * i), "std": "0.01" if i else "",
-                           "series": series, "panel": panel, "in_band": str(i % 2)}
+                    row = {
+                        x: str(xv),
+                        "value": str(0.5 + 0.1 * i if stem != "delta_cka" else -2.2e-16 * i),
+                        "std": "0.01" if i else "",
+                        "series": series,
+                        "panel": panel,
+                        "in_band": str(i % 2),
+                    }
                     rows.append({**row, "rev": rev, "filename": f"plots/report/{stem}.csv", "field": "value"})
     return rows
 
@@ -190,8 +217,17 @@ def filled_specs(revs=("workspace",)) -> dict[str, dict]:
     series, _ = definitions()
     specs = {}
     for pid, props in series.items():
-        r = VegaRenderer(tidy_rows(pid, revs), pid, template=props["template"], template_dir=str(TEMPLATE_DIR), x=props["x"], y="value",
-                         title=props["title"], x_label=props["x_label"], y_label=props["y_label"])
+        r = VegaRenderer(
+            tidy_rows(pid, revs),
+            pid,
+            template=props["template"],
+            template_dir=str(TEMPLATE_DIR),
+            x=props["x"],
+            y="value",
+            title=props["title"],
+            x_label=props["x_label"],
+            y_label=props["y_label"],
+        )
         specs[pid] = r.get_filled_template()
     return specs
 
@@ -239,14 +275,22 @@ def test_filled_templates_compile_and_render_in_vega(tmp_path: Path):
     libs = tmp_path / "vega.js"
     libs.write_text("\n".join(s for s in scripts if "vegaEmbed" not in s[-400:]), encoding="utf8")
     for revs in (("workspace",), ("HEAD~1", "workspace")):
-        res = subprocess.run(["node", "-e", NODE_CHECK], input=json.dumps(filled_specs(revs)), capture_output=True, env={**os.environ, "VEGA_LIBS": str(libs)},
-                             text=True, timeout=120)
+        res = subprocess.run(
+            ["node", "-e", NODE_CHECK],
+            input=json.dumps(filled_specs(revs)),
+            capture_output=True,
+            env={**os.environ, "VEGA_LIBS": str(libs)},
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         result = json.loads(res.stdout.strip().splitlines()[-1])
         for pid, r in result.items():
             assert r["ok"], f"{pid} ({revs}): {r.get('error')}"
             assert r["marks"] > 0, f"{pid}: nothing drawn"
-            assert 0 < r["width"] < 5000 and 0 < r["height"] < 5000, f"{pid}: layout broke ({r['width']} x {r['height']} px)"
+            assert 0 < r["width"] < 5000 and 0 < r["height"] < 5000, (
+                f"{pid}: layout broke ({r['width']} x {r['height']} px)"
+            )
             titles = set(r["titles"])
             series, _ = definitions()
             want = {series[pid]["x_label"].replace("\n", " "), series[pid]["y_label"].replace("\n", " ")}
@@ -267,7 +311,9 @@ def test_dvc_plots_show_draws_every_definition(tmp_path: Path):
     assert run(sys.executable, "-m", "dvc", "init", "-q").returncode == 0
     shutil.copytree(TEMPLATE_DIR, tmp_path / ".dvc" / "plots", dirs_exist_ok=True)
     assert run(sys.executable, "-m", "dvc", "config", "plots.html_template", "plots/offline.html").returncode == 0
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": dvc_yaml()["plots"]}, allow_unicode=True), encoding="utf8")
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"plots": dvc_yaml()["plots"]}, allow_unicode=True), encoding="utf8"
+    )
     out = tmp_path / report_dir()
     out.mkdir(parents=True)
     for stem, (x, *_rest) in FIGURES.items():
@@ -279,7 +325,9 @@ def test_dvc_plots_show_draws_every_definition(tmp_path: Path):
     assert res.returncode == 0, res.stdout + res.stderr
     page = (tmp_path / "page" / "index.html").read_text(encoding="utf8")
     specs = re.findall(r"var spec = (.*?);\s*vegaEmbed\(", page, re.S)
-    assert len(specs) == len(FIGURES), f"{len(specs)} charts on the page, {len(FIGURES)} figures: {shlex.quote(res.stderr[-500:])}"
+    assert len(specs) == len(FIGURES), (
+        f"{len(specs)} charts on the page, {len(FIGURES)} figures: {shlex.quote(res.stderr[-500:])}"
+    )
     for spec in map(json.loads, specs):
         assert not ANCHOR.search(json.dumps(spec)), "an anchor was left unfilled"
         assert spec["data"]["values"], "a chart without rows"

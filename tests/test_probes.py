@@ -33,7 +33,9 @@ def test_stacked_probes_equal_separate_ones() -> None:
     """AdamW is elementwise: training two layers together gives what each would alone (same seed, linear, no dropout)."""
     X, y = blobs(120, 4, 1.0, 2)
     Z, _ = blobs(120, 4, 0.5, 3)
-    both = train_probes(np.stack([X, Z])[:, :80], np.tile(y[:80], (2, 1)), np.stack([X, Z])[:, 80:], y[80:], "linear", P, seed=5)
+    both = train_probes(
+        np.stack([X, Z])[:, :80], np.tile(y[:80], (2, 1)), np.stack([X, Z])[:, 80:], y[80:], "linear", P, seed=5
+    )
     alone = train_probes(X[None, :80], y[None, :80], X[None, 80:], y[80:], "linear", P, seed=5)
     assert both["accuracy"][0] == pytest.approx(alone["accuracy"][0], abs=0.05)
 
@@ -58,7 +60,10 @@ def test_same_seed_same_result_and_no_global_rng_side_effect() -> None:
     np.testing.assert_array_equal(a["accuracy"], b["accuracy"])
 
 
-@pytest.mark.parametrize(("y_train", "y_eval", "expected"), [([0, 0, 1], [0, 1, 1, 1], 0.25), ([1, 1, 0], [1, 0], 0.5), ([0, 1], [0, 0, 1], 2 / 3)])
+@pytest.mark.parametrize(
+    ("y_train", "y_eval", "expected"),
+    [([0, 0, 1], [0, 1, 1, 1], 0.25), ([1, 1, 0], [1, 0], 0.5), ([0, 1], [0, 0, 1], 2 / 3)],
+)
 def test_majority_baseline(y_train: list[int], y_eval: list[int], expected: float) -> None:
     assert majority_baseline(np.array(y_train), np.array(y_eval)) == pytest.approx(expected)
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from inflection_layers.cells import cells
 from inflection_layers.config import parse_params
 from inflection_layers.errors import ParamError
-from inflection_layers.paper import Paper, setup
+from inflection_layers.reporting.paper import Paper, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted(p.stem for p in (ROOT / "src/inflection_layers/conf/profile").glob("*.yaml"))
@@ -50,7 +50,13 @@ def test_the_paper_profile_is_the_papers_setting() -> None:
     p = profile("paper")
     assert p.model.name == "bert-base-uncased" and p.data.sst2_subsample == 0
     assert {p.source.lr, p.lora.lr, *vars(p.finetune.lr).values()} == {2e-5}
-    assert (p.finetune.steps, p.finetune.batch_size, p.lora.rank, p.lora.alpha, p.lora.dropout) == (300, 16, 4, 16, 0.05)
+    assert (p.finetune.steps, p.finetune.batch_size, p.lora.rank, p.lora.alpha, p.lora.dropout) == (
+        300,
+        16,
+        4,
+        16,
+        0.05,
+    )
     assert (p.ski.method, p.ski.threshold, p.ski.max_band, p.ski.s) == ("greedy", 0.25, None, 1)
     assert p.finetune.eval_splits == ["validation", "test"] and p.probe.epochs == 20
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inflection_layers.reference import differences
+from inflection_layers.tools.reference import differences
 
 
 def test_equal_within_tolerance() -> None:

@@ -44,10 +44,18 @@ from transformers import BertForSequenceClassification, BertModel
 
 from conftest import tiny_config
 from inflection_layers import source
-from inflection_layers.artifacts import atomic_path, read_json, read_parquet, remove_stale_temps, temp_prefix, write_json
+from inflection_layers.archs import PACKAGED, resolve_model_path
+from inflection_layers.artifacts import (
+    atomic_path,
+    read_json,
+    read_parquet,
+    remove_stale_temps,
+    temp_prefix,
+    write_json,
+)
 from inflection_layers.config import parse_params
 from inflection_layers.errors import TRACEBACK_ENV, InputError, ModelError
-from inflection_layers.modeling import PACKAGED, check_safetensors, load_model, load_tokenizer, resolve_model_path
+from inflection_layers.modeling import check_safetensors, load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "inflection_layers"
@@ -105,7 +113,9 @@ def known_error(rc: int, log: str, stage: str) -> str:
     lines = [line for line in log.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], log[-4000:]
-    assert errors[0].startswith(f"error: {stage}: ") and errors[0].endswith(f"(set {TRACEBACK_ENV}=1 for the traceback)")
+    assert errors[0].startswith(f"error: {stage}: ") and errors[0].endswith(
+        f"(set {TRACEBACK_ENV}=1 for the traceback)"
+    )
     return errors[0]
 
 
@@ -113,18 +123,29 @@ def tiny_split(path: Path, n: int = 48) -> None:
     """A small (id, text, label) split as `prepare` writes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     texts = [f"{WORDS[i % 8]} {WORDS[(i * 3) % 8]} film {i}" for i in range(n)]
-    pd.DataFrame({"id": [f"x-{i:04d}" for i in range(n)], "text": texts, "label": [i % 2 for i in range(n)]}).to_parquet(path, index=False)
+    pd.DataFrame(
+        {"id": [f"x-{i:04d}" for i in range(n)], "text": texts, "label": [i % 2 for i in range(n)]}
+    ).to_parquet(path, index=False)
 
 
 def lock_for(folder: Path) -> None:
     """A dvc.lock (the format `dvc repro` writes) whose outputs say which stage writes the inputs the cases damage."""
     outs = {
         "prepare": ["data/prepared", "metrics/data.json"],
-        f"diagnose@{GROUP}": [f"metrics/diagnose/{GROUP}.csv", f"metrics/diagnose/{GROUP}-heads.csv", f"metrics/diagnose/{GROUP}.json"],
+        f"diagnose@{GROUP}": [
+            f"metrics/diagnose/{GROUP}.csv",
+            f"metrics/diagnose/{GROUP}-heads.csv",
+            f"metrics/diagnose/{GROUP}.json",
+        ],
         f"select@{GROUP}": [f"metrics/selection/{GROUP}.json", f"plots/selection/{GROUP}.csv"],
     }
-    stages = {name: {"cmd": f"python -m inflection_layers.{name.split('@')[0]}", "outs": [{"path": p, "hash": "md5", "md5": "0" * 32} for p in paths]}
-              for name, paths in outs.items()}
+    stages = {
+        name: {
+            "cmd": f"python -m inflection_layers.{name.split('@')[0]}",
+            "outs": [{"path": p, "hash": "md5", "md5": "0" * 32} for p in paths],
+        }
+        for name, paths in outs.items()
+    }
     (folder / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False))
 
 
@@ -157,9 +178,11 @@ def cut_at_line_end(raw: bytes) -> bytes:
 
 def put_byte(byte: bytes) -> Callable[[bytes], bytes]:
     """Replace the first letter of the middle line by `byte`."""
+
     def change(raw: bytes) -> bytes:
         at = raw.index(b"\n", len(raw) // 2) + 1
-        return raw[:at] + byte + raw[at + 1:]
+        return raw[:at] + byte + raw[at + 1 :]
+
     return change
 
 
@@ -186,8 +209,17 @@ def diagnose_csv(path: Path) -> None:
     rows = []
     for m, metric in enumerate(["entropy", "entropy_norm", "act_grad", "param_grad", "param_norm", "rgn", "io_change"]):
         first = -1 if metric == "act_grad" else 0
-        rows += [{"layer": first + i, "metric": metric, "value": round(0.1 + 0.37 * ((i * 7 + m) % 5), 4), "target": "rt", "regime": "under", "seed": 42}
-                 for i in range(6 - first)]
+        rows += [
+            {
+                "layer": first + i,
+                "metric": metric,
+                "value": round(0.1 + 0.37 * ((i * 7 + m) % 5), 4),
+                "target": "rt",
+                "regime": "under",
+                "seed": 42,
+            }
+            for i in range(6 - first)
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path, index=False)
 
@@ -260,17 +292,60 @@ class Run:
 
 VALIDATE = ("--out", "data/validated.json")
 PREPARE = ("--out", "data/prepared", "--metrics", "metrics/data.json")
-DIAGNOSE = ("--group", GROUP, "--data", "data/prepared", "--layers", f"metrics/diagnose/{GROUP}.csv",
-            "--heads", f"metrics/diagnose/{GROUP}-heads.csv", "--metrics", f"metrics/diagnose/{GROUP}.json")
-SELECT = ("--group", GROUP, "--layers", f"metrics/diagnose/{GROUP}.csv", "--out", f"metrics/selection/{GROUP}.json",
-          "--table", f"plots/selection/{GROUP}.csv")
-LORA = ("--lora", "--group", GROUP, "--source", "models/source/under-42", "--data", "data/prepared",
-        "--selection", f"metrics/selection/{GROUP}.json", "--out", f"models/finetune_lora/{GROUP}",
-        "--metrics", f"metrics/finetune_lora/{GROUP}", "--plots", f"plots/finetune_lora/{GROUP}")
-SOURCE = ("--regime", "under", "--seed", "42", "--data", "data/prepared", "--out", "models/source/under-42", "--metrics", "metrics/source/under-42.json")
+DIAGNOSE = (
+    "--group",
+    GROUP,
+    "--data",
+    "data/prepared",
+    "--layers",
+    f"metrics/diagnose/{GROUP}.csv",
+    "--heads",
+    f"metrics/diagnose/{GROUP}-heads.csv",
+    "--metrics",
+    f"metrics/diagnose/{GROUP}.json",
+)
+SELECT = (
+    "--group",
+    GROUP,
+    "--layers",
+    f"metrics/diagnose/{GROUP}.csv",
+    "--out",
+    f"metrics/selection/{GROUP}.json",
+    "--table",
+    f"plots/selection/{GROUP}.csv",
+)
+LORA = (
+    "--lora",
+    "--group",
+    GROUP,
+    "--source",
+    "models/source/under-42",
+    "--data",
+    "data/prepared",
+    "--selection",
+    f"metrics/selection/{GROUP}.json",
+    "--out",
+    f"models/finetune_lora/{GROUP}",
+    "--metrics",
+    f"metrics/finetune_lora/{GROUP}",
+    "--plots",
+    f"plots/finetune_lora/{GROUP}",
+)
+SOURCE = (
+    "--regime",
+    "under",
+    "--seed",
+    "42",
+    "--data",
+    "data/prepared",
+    "--out",
+    "models/source/under-42",
+    "--metrics",
+    "metrics/source/under-42.json",
+)
 
 
-def row(*values: object, slow: bool = False, id: str | None = None) -> object:  # noqa: A002 (pytest's name)
+def row(*values: object, slow: bool = False, id: str | None = None) -> object:
     """A parametrize row with its first value as the test id (and the slow mark if asked)."""
     return pytest.param(*values, id=id or str(values[0]), marks=[pytest.mark.slow] if slow else [])
 
@@ -283,6 +358,7 @@ def data_case(rel: str, change: Callable[[bytes], bytes], verify: bool = True) -
     def setup(folder: Path, raw: dict) -> None:
         raw["data"]["dir"] = str(damaged_copy(folder, rel, change).parents[1])
         raw["data"]["verify_checksums"] = verify
+
     return Case("prepare", PREPARE, setup=setup, outputs=("data/prepared", "metrics/data.json"))
 
 
@@ -295,6 +371,7 @@ def with_nan_model(module: str) -> Case:
         raw["model"]["name"] = str(folder / "nan-model")
         for name in ("rt_train", "sst2_source", "sst2_dev"):
             tiny_split(folder / f"data/prepared/{name}.parquet")
+
     if module == "diagnose":
         return Case("diagnose", ("--model", "nan-model", *DIAGNOSE), setup=setup, outputs=("metrics",))
     return Case("source", SOURCE, setup=setup, outputs=("models", "metrics"))
@@ -310,7 +387,9 @@ def truncated_parquet(folder: Path, raw: dict) -> None:
 def truncated_selection(folder: Path, raw: dict) -> None:
     lock_for(folder)
     selection = folder / f"metrics/selection/{GROUP}.json"
-    write_json(selection, {"band": [3, 4, 5], "complement": [0, 1, 2], "rgn": [1, 2, 3], "cka": [0, 1, 2], "random": []})
+    write_json(
+        selection, {"band": [3, 4, 5], "complement": [0, 1, 2], "rgn": [1, 2, 3], "cka": [0, 1, 2], "random": []}
+    )
     selection.write_bytes(selection.read_bytes()[:40])
 
 
@@ -320,30 +399,50 @@ def truncated_layers(cut: Callable[[bytes], bytes]) -> Callable[[Path, dict], No
         table = folder / f"metrics/diagnose/{GROUP}.csv"
         diagnose_csv(table)
         table.write_bytes(cut(table.read_bytes()))
+
     return setup
 
 
 def last_row_cut(keep: int) -> Callable[[bytes], bytes]:
     """Cut inside the last row, keeping its first `keep` fields (and the comma after them)."""
+
     def cut(raw: bytes) -> bytes:
         start = raw.rstrip(b"\n").rindex(b"\n") + 1
         fields = raw[start:].split(b",")
         return raw[: start + sum(len(f) + 1 for f in fields[:keep])]
+
     return cut
 
 
 DAMAGED = {  # name: (file, change, data.verify_checksums, the message after "<file>: ", {line} / {lines} filled in)
-    "cut-mid-line": ("rt-polaritydata/rt-polarity.pos", cut_mid_line, True,
-                     r"the last line is cut \(the file does not end with a newline\), so the file is truncated"),
+    "cut-mid-line": (
+        "rt-polaritydata/rt-polarity.pos",
+        cut_mid_line,
+        True,
+        r"the last line is cut \(the file does not end with a newline\), so the file is truncated",
+    ),
     "cut-mid-line-unverified": ("rt-polaritydata/rt-polarity.pos", cut_mid_line, False, r"the last line is cut"),
-    "nul-byte": ("CR/custrev.neg", put_byte(b"\x00"), True, r"control byte 0x00 on line {line}; the file is damaged or not text"),
+    "nul-byte": (
+        "CR/custrev.neg",
+        put_byte(b"\x00"),
+        True,
+        r"control byte 0x00 on line {line}; the file is damaged or not text",
+    ),
     "ff-byte-utf8": ("SST-2/dev.tsv", put_byte(b"\xff"), True, r"not UTF-8 \(byte 0xFF on line {line}\)"),
     "ff-byte-ascii": ("CR/custrev.pos", put_byte(b"\xff"), True, r"not ASCII \(byte 0xFF on line {line}\)"),
-    "cut-at-line-end": ("rt-polaritydata/rt-polarity.neg", cut_at_line_end, True,
-                        r"sha256 is [0-9a-f]{{64}} but the pinned copy's is 4ace77d5[0-9a-f]{{56}}, so this is another version of the file "
-                        r"\(set data\.verify_checksums: false to accept it\)"),
-    "cut-at-line-end-unverified": ("rt-polaritydata/rt-polarity.neg", cut_at_line_end, False,
-                                   r"expected 5,331 lines, found {lines:,} \(truncated or a different version\?\)"),
+    "cut-at-line-end": (
+        "rt-polaritydata/rt-polarity.neg",
+        cut_at_line_end,
+        True,
+        r"sha256 is [0-9a-f]{{64}} but the pinned copy's is 4ace77d5[0-9a-f]{{56}}, so this is another version of the file "
+        r"\(set data\.verify_checksums: false to accept it\)",
+    ),
+    "cut-at-line-end-unverified": (
+        "rt-polaritydata/rt-polarity.neg",
+        cut_at_line_end,
+        False,
+        r"expected 5,331 lines, found {lines:,} \(truncated or a different version\?\)",
+    ),
 }
 
 
@@ -364,21 +463,42 @@ CASES: dict[str, Case] = {
     "model.name=nosuchorg/nosuchmodel": validate_case("model.name=nosuchorg/nosuchmodel"),
     "model.name=./no_such_dir": validate_case("model.name=./no_such_dir"),
     # 4. no data directory, no hub
-    "validate:data.dir=./missing": Case("validate", VALIDATE, setup=lambda folder, raw: raw["data"].update(dir="./missing"),
-                                        outputs=("data/validated.json",)),
-    "prepare:data.dir=./missing": Case("prepare", PREPARE, setup=lambda folder, raw: raw["data"].update(dir="./missing"),
-                                       outputs=("data/prepared", "metrics/data.json")),
+    "validate:data.dir=./missing": Case(
+        "validate",
+        VALIDATE,
+        setup=lambda folder, raw: raw["data"].update(dir="./missing"),
+        outputs=("data/validated.json",),
+    ),
+    "prepare:data.dir=./missing": Case(
+        "prepare",
+        PREPARE,
+        setup=lambda folder, raw: raw["data"].update(dir="./missing"),
+        outputs=("data/prepared", "metrics/data.json"),
+    ),
     # 5. damaged data files (a copy of the offline data with one file changed)
     **{name: data_case(rel, change, verify) for name, (rel, change, verify, _) in DAMAGED.items()},
     # 6. NaN weights of the same size
     "nan-embeddings:diagnose": with_nan_model("diagnose"),
     "nan-embeddings:source": with_nan_model("source"),
     # 7. a truncated input written by an earlier stage
-    "truncated-parquet:diagnose": Case("diagnose", ("--model", "models/source/under-42", *DIAGNOSE), setup=truncated_parquet, outputs=("metrics",)),
-    "truncated-json:finetune_lora": Case("finetune", LORA, setup=truncated_selection, outputs=("models", "metrics/finetune_lora", "plots")),
-    "truncated-csv-mid-file:select": Case("select", SELECT, setup=truncated_layers(lambda raw: raw[: len(raw) // 2]), outputs=("metrics/selection", "plots")),
-    "truncated-csv-mid-value:select": Case("select", SELECT, setup=truncated_layers(last_row_cut(2)), outputs=("metrics/selection", "plots")),
-    "truncated-csv-in-labels:select": Case("select", SELECT, setup=truncated_layers(last_row_cut(4)), outputs=("metrics/selection", "plots")),
+    "truncated-parquet:diagnose": Case(
+        "diagnose", ("--model", "models/source/under-42", *DIAGNOSE), setup=truncated_parquet, outputs=("metrics",)
+    ),
+    "truncated-json:finetune_lora": Case(
+        "finetune", LORA, setup=truncated_selection, outputs=("models", "metrics/finetune_lora", "plots")
+    ),
+    "truncated-csv-mid-file:select": Case(
+        "select",
+        SELECT,
+        setup=truncated_layers(lambda raw: raw[: len(raw) // 2]),
+        outputs=("metrics/selection", "plots"),
+    ),
+    "truncated-csv-mid-value:select": Case(
+        "select", SELECT, setup=truncated_layers(last_row_cut(2)), outputs=("metrics/selection", "plots")
+    ),
+    "truncated-csv-in-labels:select": Case(
+        "select", SELECT, setup=truncated_layers(last_row_cut(4)), outputs=("metrics/selection", "plots")
+    ),
     # controls: valid parameters pass and prepare writes its outputs, offline
     "valid": validate_case(),
     "prepare:valid": Case("prepare", PREPARE),
@@ -403,16 +523,32 @@ def stage_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sub
         if case.setup is not None:
             case.setup(folder, raw)
         write_params(folder, raw)
-        specs.append({"name": name, "module": case.module, "argv": list(case.argv), "cwd": str(folder), "log": str(root / f"case{i:02d}.log")})
+        specs.append(
+            {
+                "name": name,
+                "module": case.module,
+                "argv": list(case.argv),
+                "cwd": str(folder),
+                "log": str(root / f"case{i:02d}.log"),
+            }
+        )
     guard = root / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NET_GUARD)
     (root / "cases.json").write_text(json.dumps(specs))
-    env = clean_env(PYTHONPATH=os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])),
-                    NET_ATTEMPTS=str(root / "net-attempts.jsonl"), HF_HOME=str(root / "empty-hf-home"))
+    env = clean_env(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])),
+        NET_ATTEMPTS=str(root / "net-attempts.jsonl"),
+        HF_HOME=str(root / "empty-hf-home"),
+    )
     with open(root / "runner.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", STAGE_RUNNER, str(root / "cases.json"), str(root / "results.json")],
-                                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STAGE_RUNNER, str(root / "cases.json"), str(root / "results.json")],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     yield proc, root, specs
     if proc.poll() is None:
         proc.kill()
@@ -426,8 +562,15 @@ def stage_runs(stage_runner: tuple[subprocess.Popen, Path, list[dict]]) -> dict[
     rc = proc.wait(timeout=600)
     assert rc == 0 and (root / "results.json").is_file(), (root / "runner.log").read_text()[-4000:]
     results = json.loads((root / "results.json").read_text())
-    runs = {s["name"]: Run(results[s["name"]]["rc"], Path(s["log"]).read_text(errors="replace"), results[s["name"]]["seconds"], Path(s["cwd"]))
-            for s in specs}
+    runs = {
+        s["name"]: Run(
+            results[s["name"]]["rc"],
+            Path(s["log"]).read_text(errors="replace"),
+            results[s["name"]]["seconds"],
+            Path(s["cwd"]),
+        )
+        for s in specs
+    }
     attempts = root / "net-attempts.jsonl"
     runs["net-attempts"] = Run(0, attempts.read_text() if attempts.exists() else "", 0.0, root)
     return runs
@@ -450,8 +593,15 @@ def refused(runs: dict[str, Run], name: str) -> str:
 def dvc(ws: Path, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:
     """`dvc <args>` in the workspace (stdout and stderr together); the whole process group is killed on a timeout."""
     env = clean_env(PYTHONPATH=str(ws / "src"), DVC_NO_ANALYTICS="1")
-    proc = subprocess.Popen([str(BIN / "dvc"), *args], cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), *args],
+        cwd=ws,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -476,7 +626,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, stage_runner: tuple) -> 
     if not (BIN / "dvc").is_file() or shutil.which("git") is None:
         pytest.skip("dvc (in the venv) and git are needed")
     ws = tmp_path_factory.mktemp("dvc-workspace")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     for rel in filter(None, listed.decode().split("\0")):
         if (ROOT / rel).is_file():
             (ws / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -523,14 +678,18 @@ def restored(ws: Path) -> Iterator[None]:
         (ws / MARKER).write_bytes(marker)
 
 
-def assert_untouched(ws: Path, before: dict[str, str], lock: bytes, ran: subprocess.CompletedProcess, message: str) -> None:
+def assert_untouched(
+    ws: Path, before: dict[str, str], lock: bytes, ran: subprocess.CompletedProcess, message: str
+) -> None:
     """Refused by validate, with one line naming the key; no other stage ran; every output and dvc.lock kept their bytes."""
     log = ran.stdout
     assert ran.returncode != 0, log[-4000:]
     assert re.findall(r"Running stage '([^']+)'", log) == ["validate"], log[-4000:]
     assert "Traceback" not in log, log[-4000:]
     errors = [line for line in log.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: validate: params.yaml: ") and re.search(message, errors[0]), log[-4000:]
+    assert (
+        len(errors) == 1 and errors[0].startswith("error: validate: params.yaml: ") and re.search(message, errors[0])
+    ), log[-4000:]
     after = outputs(ws)
     assert after.get(MARKER, before[MARKER]) == before[MARKER]
     assert {k: v for k, v in after.items() if k != MARKER} == {k: v for k, v in before.items() if k != MARKER}
@@ -538,24 +697,34 @@ def assert_untouched(ws: Path, before: dict[str, str], lock: bytes, ran: subproc
     assert (ws / "dvc.lock").read_bytes() == lock
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    row("+finetune.stepz=100", r"finetune\.stepz = 100 is not allowed; expected no such key"),
-    row("+colour=red", r"colour = 'red' is not allowed; expected no such key", slow=True),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        row("+finetune.stepz=100", r"finetune\.stepz = 100 is not allowed; expected no such key"),
+        row("+colour=red", r"colour = 'red' is not allowed; expected no such key", slow=True),
+    ],
+)
 def test_dvc_exp_run_refuses_an_unknown_key_before_any_stage(workspace: Path, override: str, message: str) -> None:
     before, lock = outputs(workspace), (workspace / "dvc.lock").read_bytes()
     with restored(workspace):
         ran = dvc(workspace, "exp", "run", "-S", "profile=smoke", "-S", f"data.dir={SHARED_DATA}", "-S", override)
-        assert override.lstrip("+").split("=")[0].split(".")[-1] in (workspace / "params.yaml").read_text()  # DVC composed it in
+        assert (
+            override.lstrip("+").split("=")[0].split(".")[-1] in (workspace / "params.yaml").read_text()
+        )  # DVC composed it in
         assert_untouched(workspace, before, lock, ran, message)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    row("lora.rank", "eight", r"lora\.rank = 'eight' is not allowed; expected an integer", id="lora.rank=eight"),
-    row("ski.alpha", 1.5, r"ski\.alpha = 1\.5 is not allowed", slow=True, id="ski.alpha=1.5"),
-    row("study.seeds", [], r"study\.seeds = \[\] is not allowed", slow=True, id="study.seeds=[]"),
-])
-def test_a_bad_value_stops_dvc_repro_before_any_output_is_touched(workspace: Path, key: str, value: object, message: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        row("lora.rank", "eight", r"lora\.rank = 'eight' is not allowed; expected an integer", id="lora.rank=eight"),
+        row("ski.alpha", 1.5, r"ski\.alpha = 1\.5 is not allowed", slow=True, id="ski.alpha=1.5"),
+        row("study.seeds", [], r"study\.seeds = \[\] is not allowed", slow=True, id="study.seeds=[]"),
+    ],
+)
+def test_a_bad_value_stops_dvc_repro_before_any_output_is_touched(
+    workspace: Path, key: str, value: object, message: str
+) -> None:
     """THE test of issue 17: outputs on disk, a bad value, `dvc repro`: validate refuses it and every output keeps its bytes."""
     before, lock = outputs(workspace), (workspace / "dvc.lock").read_bytes()
     with restored(workspace):
@@ -585,42 +754,83 @@ def test_a_missing_data_dir_offline_stops_dvc_repro_before_prepare_deletes_its_o
 # ------------------------------------------------------------------- 1-3, 8. validate refuses first
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    row("+colour=red", r"params\.yaml: colour = 'red' is not allowed; expected no such key; known keys here: \['study', 'data', "),
-    row("+finetune.stepz=100", r"params\.yaml: finetune\.stepz = 100 is not allowed; expected no such key; known keys here: \['steps', "),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        row(
+            "+colour=red",
+            r"params\.yaml: colour = 'red' is not allowed; expected no such key; known keys here: \['study', 'data', ",
+        ),
+        row(
+            "+finetune.stepz=100",
+            r"params\.yaml: finetune\.stepz = 100 is not allowed; expected no such key; known keys here: \['steps', ",
+        ),
+    ],
+)
 def test_validate_refuses_an_unknown_key(stage_runs: dict[str, Run], name: str, message: str) -> None:
     assert re.search(message, refused(stage_runs, name))
     assert sorted(p.name for p in stage_runs[name].cwd.iterdir()) == ["params.yaml"]  # nothing else touched
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    row("lora.rank=eight", r"params\.yaml: lora\.rank = 'eight' is not allowed; expected an integer$"),
-    row("ski.alpha=1.5", r"params\.yaml: ski\.alpha = 1\.5 is not allowed; expected a float in \[0, 1\]$"),
-    row("study.seeds=[]", r"params\.yaml: study\.seeds = \[\] is not allowed; expected a non-empty list without repeats$"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        row("lora.rank=eight", r"params\.yaml: lora\.rank = 'eight' is not allowed; expected an integer$"),
+        row("ski.alpha=1.5", r"params\.yaml: ski\.alpha = 1\.5 is not allowed; expected a float in \[0, 1\]$"),
+        row(
+            "study.seeds=[]",
+            r"params\.yaml: study\.seeds = \[\] is not allowed; expected a non-empty list without repeats$",
+        ),
+    ],
+)
 def test_validate_refuses_a_bad_value_naming_the_key(stage_runs: dict[str, Run], name: str, message: str) -> None:
     line = refused(stage_runs, name).removesuffix(f" (set {TRACEBACK_ENV}=1 for the traceback)")
     assert re.search(message, line), line
     assert sorted(p.name for p in stage_runs[name].cwd.iterdir()) == ["params.yaml"]
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    row("finetune.shallow_k=10", r"finetune\.shallow_k = 10 is not allowed; expected an integer in \[1, 6\] \(the model 'packaged' has 6 layers\)"),
-    row("ski.max_band=7", r"ski\.max_band = 7 is not allowed; expected null or an integer in \[1, 6\] \(the model 'packaged' has 6 layers\)"),
-    row("probe.train_fraction=0.9", r"probe\.train_fraction = 0\.9 is not allowed; .*at least 20 sentences to evaluate on \(rt's analysis sample has 120\)"),
-    row("probe.train_fraction=0.1", r"probe\.train_fraction = 0\.1 is not allowed; .*at least 20 sentences to train on \(rt's analysis sample has 120\)"),
-])
-def test_validate_checks_the_models_depth_and_the_datas_size(stage_runs: dict[str, Run], name: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        row(
+            "finetune.shallow_k=10",
+            r"finetune\.shallow_k = 10 is not allowed; expected an integer in \[1, 6\] \(the model 'packaged' has 6 layers\)",
+        ),
+        row(
+            "ski.max_band=7",
+            r"ski\.max_band = 7 is not allowed; expected null or an integer in \[1, 6\] \(the model 'packaged' has 6 layers\)",
+        ),
+        row(
+            "probe.train_fraction=0.9",
+            r"probe\.train_fraction = 0\.9 is not allowed; .*at least 20 sentences to evaluate on \(rt's analysis sample has 120\)",
+        ),
+        row(
+            "probe.train_fraction=0.1",
+            r"probe\.train_fraction = 0\.1 is not allowed; .*at least 20 sentences to train on \(rt's analysis sample has 120\)",
+        ),
+    ],
+)
+def test_validate_checks_the_models_depth_and_the_datas_size(
+    stage_runs: dict[str, Run], name: str, message: str
+) -> None:
     assert re.search(message, refused(stage_runs, name))
     assert sorted(p.name for p in stage_runs[name].cwd.iterdir()) == ["params.yaml"]
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    row("model.name=nosuchorg/nosuchmodel", r"model\.name = 'nosuchorg/nosuchmodel' is neither an existing directory nor in the local hub cache, "
-                                         r"and the Hugging Face hub is unreachable \(HF_HUB_OFFLINE is set\)"),
-    row("model.name=./no_such_dir", r"model\.name = '\./no_such_dir' is not an existing directory \(and not a hub id of the form 'org/name'\)"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        row(
+            "model.name=nosuchorg/nosuchmodel",
+            r"model\.name = 'nosuchorg/nosuchmodel' is neither an existing directory nor in the local hub cache, "
+            r"and the Hugging Face hub is unreachable \(HF_HUB_OFFLINE is set\)",
+        ),
+        row(
+            "model.name=./no_such_dir",
+            r"model\.name = '\./no_such_dir' is not an existing directory \(and not a hub id of the form 'org/name'\)",
+        ),
+    ],
+)
 def test_a_model_that_is_not_there_says_which_it_is(stage_runs: dict[str, Run], name: str, message: str) -> None:
     assert re.search(message, refused(stage_runs, name))
     assert stage_runs[name].seconds < 20  # no download retries
@@ -645,13 +855,19 @@ def test_no_stage_touched_the_network(stage_runs: dict[str, Run]) -> None:
 def test_missing_data_dir_offline_names_it_and_fails_fast(stage_runs: dict[str, Run]) -> None:
     run = stage_runs["prepare:data.dir=./missing"]
     line = refused(stage_runs, "prepare:data.dir=./missing")
-    assert re.search(rf"data\.dir = '\./missing' \({re.escape(str(run.cwd / 'missing'))}\) is missing and the Hugging Face hub is unreachable "
-                     r"\(HF_HUB_OFFLINE is set\)", line), line
+    assert re.search(
+        rf"data\.dir = '\./missing' \({re.escape(str(run.cwd / 'missing'))}\) is missing and the Hugging Face hub is unreachable "
+        r"\(HF_HUB_OFFLINE is set\)",
+        line,
+    ), line
     assert run.seconds < 5  # asked once, no retries
 
 
 def test_validate_refuses_a_missing_data_dir_when_the_hub_is_unreachable(stage_runs: dict[str, Run]) -> None:
-    assert re.search(r"data\.dir = '\./missing'.* is missing and the Hugging Face hub is unreachable", refused(stage_runs, "validate:data.dir=./missing"))
+    assert re.search(
+        r"data\.dir = '\./missing'.* is missing and the Hugging Face hub is unreachable",
+        refused(stage_runs, "validate:data.dir=./missing"),
+    )
 
 
 # --------------------------------------------------------------------------- 5. damaged data files
@@ -674,13 +890,20 @@ def test_a_damaged_data_file_is_one_line_naming_it(stage_runs: dict[str, Run], n
 
 
 @pytest.mark.parametrize("name", ["nan-embeddings:diagnose", "nan-embeddings:source"])
-def test_nan_weights_of_the_same_size_are_named_by_the_stage_that_loads_them(stage_runs: dict[str, Run], name: str) -> None:
+def test_nan_weights_of_the_same_size_are_named_by_the_stage_that_loads_them(
+    stage_runs: dict[str, Run], name: str
+) -> None:
     run = stage_runs[name]
     weights = run.cwd / "nan-model/model.safetensors"
-    shown = "nan-model/model.safetensors" if name.endswith("diagnose") else str(weights)  # diagnose got --model nan-model
+    shown = (
+        "nan-model/model.safetensors" if name.endswith("diagnose") else str(weights)
+    )  # diagnose got --model nan-model
     line = refused(stage_runs, name)
-    assert re.search(rf"{re.escape(shown)}: parameter \S*embeddings\.word_embeddings\.weight holds non-finite values \(NaN or inf\); "
-                     r"the checkpoint is damaged", line), line
+    assert re.search(
+        rf"{re.escape(shown)}: parameter \S*embeddings\.word_embeddings\.weight holds non-finite values \(NaN or inf\); "
+        r"the checkpoint is damaged",
+        line,
+    ), line
 
 
 # -------------------------------------------------------------- 7. truncated inputs of later stages
@@ -688,27 +911,41 @@ def test_nan_weights_of_the_same_size_are_named_by_the_stage_that_loads_them(sta
 
 def test_a_truncated_parquet_names_the_file_and_the_stage_that_writes_it(stage_runs: dict[str, Run]) -> None:
     line = refused(stage_runs, "truncated-parquet:diagnose")
-    assert re.search(r"error: diagnose: data/prepared/rt_train\.parquet: truncated or corrupt parquet file \(.*\); "
-                     r"it is written by stage prepare: rerun `dvc repro -f prepare`", line), line
+    assert re.search(
+        r"error: diagnose: data/prepared/rt_train\.parquet: truncated or corrupt parquet file \(.*\); "
+        r"it is written by stage prepare: rerun `dvc repro -f prepare`",
+        line,
+    ), line
 
 
 def test_a_truncated_selection_names_the_file_and_the_stage_that_writes_it(stage_runs: dict[str, Run]) -> None:
     line = refused(stage_runs, "truncated-json:finetune_lora")
-    assert re.search(rf"error: finetune: metrics/selection/{GROUP}\.json: truncated or corrupt JSON file \(.*\); "
-                     rf"it is written by stage select@{GROUP}: rerun `dvc repro -f select@{GROUP}`", line), line
+    assert re.search(
+        rf"error: finetune: metrics/selection/{GROUP}\.json: truncated or corrupt JSON file \(.*\); "
+        rf"it is written by stage select@{GROUP}: rerun `dvc repro -f select@{GROUP}`",
+        line,
+    ), line
 
 
-@pytest.mark.parametrize("name", ["truncated-csv-mid-file:select", "truncated-csv-mid-value:select", "truncated-csv-in-labels:select"])
-def test_a_truncated_diagnose_table_names_the_file_and_the_stage_that_writes_it(stage_runs: dict[str, Run], name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["truncated-csv-mid-file:select", "truncated-csv-mid-value:select", "truncated-csv-in-labels:select"]
+)
+def test_a_truncated_diagnose_table_names_the_file_and_the_stage_that_writes_it(
+    stage_runs: dict[str, Run], name: str
+) -> None:
     line = refused(stage_runs, name)
-    assert re.search(rf"error: select: metrics/diagnose/{GROUP}\.csv: .*it is written by stage diagnose@{GROUP}", line), line
+    assert re.search(
+        rf"error: select: metrics/diagnose/{GROUP}\.csv: .*it is written by stage diagnose@{GROUP}", line
+    ), line
 
 
 # ----------------------------------------------------------- 9. one line, the traceback on request
 
 
 @needs_data
-def test_a_known_error_is_one_line_and_its_traceback_only_on_request(stage_runs: dict[str, Run], tmp_path: Path) -> None:
+def test_a_known_error_is_one_line_and_its_traceback_only_on_request(
+    stage_runs: dict[str, Run], tmp_path: Path
+) -> None:
     """The genuine command (`python -m`), without and with INFLECTION_LAYERS_TRACEBACK=1; the runner shows the same line."""
     raw = composed()
     raw["data"]["dir"] = "./missing"
@@ -717,10 +954,16 @@ def test_a_known_error_is_one_line_and_its_traceback_only_on_request(stage_runs:
     plain = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
     line = known_error(plain.returncode, plain.stdout + plain.stderr, "prepare")
     runner = stage_runs["prepare:data.dir=./missing"]
-    assert line.replace(str(tmp_path), "<cwd>") == refused(stage_runs, "prepare:data.dir=./missing").replace(str(runner.cwd), "<cwd>")
-    traced = subprocess.run(cmd, cwd=tmp_path, env=clean_env(**{TRACEBACK_ENV: "1"}), capture_output=True, text=True, timeout=300)
+    assert line.replace(str(tmp_path), "<cwd>") == refused(stage_runs, "prepare:data.dir=./missing").replace(
+        str(runner.cwd), "<cwd>"
+    )
+    traced = subprocess.run(
+        cmd, cwd=tmp_path, env=clean_env(**{TRACEBACK_ENV: "1"}), capture_output=True, text=True, timeout=300
+    )
     assert traced.returncode == 1 and "Traceback (most recent call last)" in traced.stderr
-    assert re.search(r"inflection_layers\.errors\.DataError: data\.dir = '\./missing' .* is missing", traced.stderr), traced.stderr[-3000:]
+    assert re.search(r"inflection_layers\.errors\.DataError: data\.dir = '\./missing' .* is missing", traced.stderr), (
+        traced.stderr[-3000:]
+    )
     assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
 
 
@@ -773,7 +1016,9 @@ def run_stage(module: object, monkeypatch: pytest.MonkeyPatch, argv: list[str]) 
 
 def leftovers(path: Path) -> list[Path]:
     """Temporary siblings of an output path (what an interrupted atomic write leaves)."""
-    return sorted(p for p in path.parent.iterdir() if p.name.startswith(temp_prefix(path))) if path.parent.is_dir() else []
+    return (
+        sorted(p for p in path.parent.iterdir() if p.name.startswith(temp_prefix(path))) if path.parent.is_dir() else []
+    )
 
 
 # ------------------------------------------------------------------------------------ kill and rerun
@@ -796,19 +1041,32 @@ m.save_checkpoint = save_then_hang
 
 
 @pytest.mark.slow
-def test_source_killed_mid_save_leaves_no_output_and_reruns_clean(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_source_killed_mid_save_leaves_no_output_and_reruns_clean(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = source_workdir(tmp_path / "repo", tiny_dir)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_HOOK)
     marker, log = tmp_path / "saved", tmp_path / "stage.log"
-    env = clean_env(PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])), KILL_TEST_MARKER=str(marker))
+    env = clean_env(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+        KILL_TEST_MARKER=str(marker),
+    )
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "inflection_layers.source", *source_argv()], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inflection_layers.source", *source_argv()],
+            cwd=work,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
-            assert proc.poll() is None, f"the stage ended (rc {proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"the stage ended (rc {proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, f"no kill point within 240 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.05)
     finally:
@@ -820,7 +1078,9 @@ def test_source_killed_mid_save_leaves_no_output_and_reruns_clean(tiny_dir: Path
     assert not out.exists() and not metrics.exists()
     (tmp,) = leftovers(out)  # the only thing left: a hidden sibling, not the path DVC declared
     assert tmp.name.startswith(".") and sorted(p.name for p in out.parent.iterdir()) == [tmp.name]
-    assert work / Path(marker.read_text()).parent == tmp and (tmp / "under-7" / "model.safetensors").is_file()  # killed mid-write, really
+    assert (
+        work / Path(marker.read_text()).parent == tmp and (tmp / "under-7" / "model.safetensors").is_file()
+    )  # killed mid-write, really
 
     monkeypatch.chdir(work)
     run_stage(source, monkeypatch, source_argv())  # the rerun, with the same arguments
@@ -876,7 +1136,9 @@ def nan_from_call(module: torch.nn.Module, call: int, value: float = float("nan"
     module.register_forward_hook(hook)
 
 
-def test_source_stops_at_the_step_of_a_nan_loss_and_writes_nothing(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_source_stops_at_the_step_of_a_nan_loss_and_writes_nothing(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No lr in the allowed range (0, 1) makes this tiny model diverge reliably, so the divergence is injected:
     # the embeddings' output becomes NaN from the third training step (step 2) on.
     work = source_workdir(tmp_path, tiny_dir)
@@ -909,11 +1171,15 @@ def test_source_stops_at_the_step_of_a_nan_loss_and_writes_nothing(tiny_dir: Pat
     ],
     ids=["empty", "5-bytes", "mid-header", "half", "one-byte-short", "extra-bytes", "garbage-header"],
 )
-def test_damaged_safetensors_is_refused_naming_the_file(tiny_bert: torch.nn.Module, tmp_path: Path, damage, why: str) -> None:
+def test_damaged_safetensors_is_refused_naming_the_file(
+    tiny_bert: torch.nn.Module, tmp_path: Path, damage, why: str
+) -> None:
     tiny_bert.save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
-    with pytest.raises(ModelError, match=rf"^{re.escape(str(weights))}: truncated or corrupt safetensors file \(.*{why}"):
+    with pytest.raises(
+        ModelError, match=rf"^{re.escape(str(weights))}: truncated or corrupt safetensors file \(.*{why}"
+    ):
         load_model(str(tmp_path))
 
 
@@ -937,7 +1203,10 @@ def test_pickle_weights_are_never_unpickled(tiny_bert: torch.nn.Module, tmp_path
     if with_safetensors:
         assert load_model(str(folder)).config.num_hidden_layers == 3  # the safetensors, and only them
     else:
-        with pytest.raises(ModelError, match=r"no \*\.safetensors weights; found pytorch_model\.bin, pickle files that are never loaded"):
+        with pytest.raises(
+            ModelError,
+            match=r"no \*\.safetensors weights; found pytorch_model\.bin, pickle files that are never loaded",
+        ):
             load_model(str(folder))
     assert not marker.exists()
 
@@ -977,7 +1246,13 @@ def _dotted(node: ast.AST) -> str:
 
 
 UNPICKLERS = {"torch.load", "torch.jit.load", "pickle.load", "pickle.loads", "joblib.load", "dill.load"}
-SAFE_KEYWORDS = {"trust_remote_code": False, "allow_pickle": False, "weights_only": True, "use_safetensors": True, "safe_serialization": True}
+SAFE_KEYWORDS = {
+    "trust_remote_code": False,
+    "allow_pickle": False,
+    "weights_only": True,
+    "use_safetensors": True,
+    "safe_serialization": True,
+}
 
 
 def test_source_code_never_unpickles_nor_trusts_remote_code() -> None:
@@ -1007,8 +1282,14 @@ def test_source_code_never_unpickles_nor_trusts_remote_code() -> None:
                 value = kw.value.value if isinstance(kw.value, ast.Constant) else "<expression>"
                 if kw.arg in SAFE_KEYWORDS and value is not SAFE_KEYWORDS[kw.arg]:
                     problems.append(f"{where}: {kw.arg}={value}")
-            explicit = {kw.arg for kw in call.keywords} | {kw.value.id for kw in call.keywords if kw.arg is None and isinstance(kw.value, ast.Name)}
-            if name.startswith("Auto") and name.endswith(".from_pretrained") and not ({"trust_remote_code"} | safe_dicts) & explicit:
+            explicit = {kw.arg for kw in call.keywords} | {
+                kw.value.id for kw in call.keywords if kw.arg is None and isinstance(kw.value, ast.Name)
+            }
+            if (
+                name.startswith("Auto")
+                and name.endswith(".from_pretrained")
+                and not ({"trust_remote_code"} | safe_dicts) & explicit
+            ):
                 problems.append(f"{where}: {name} without an explicit trust_remote_code=False")
     assert problems == []
 
@@ -1047,5 +1328,7 @@ def test_source_cell_reruns_bitwise_on_cpu(tiny_dir: Path, tmp_path: Path, monke
     assert "model.safetensors" in files and files == sorted(p.name for p in b.iterdir())
     for name in files:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    assert TIMING_KEYS <= set(ma) and ma["steps"] == 12
-    assert {k: v for k, v in ma.items() if k not in TIMING_KEYS} == {k: v for k, v in mb.items() if k not in TIMING_KEYS}
+    assert set(ma) >= TIMING_KEYS and ma["steps"] == 12
+    assert {k: v for k, v in ma.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in mb.items() if k not in TIMING_KEYS
+    }

@@ -1,4 +1,4 @@
-"""Tests of inflection_layers.stats: seed-level t statistics, the hierarchical bootstrap, TOST, power, McNemar, Holm."""
+"""Tests of inflection_layers.reporting.stats: seed-level t statistics, the hierarchical bootstrap, TOST, power, McNemar, Holm."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from inflection_layers import stats
-from inflection_layers.stats import (
+from inflection_layers.reporting import stats
+from inflection_layers.reporting.stats import (
     _CHUNK,
     compare_arms,
     detectable_effect,
@@ -255,7 +255,9 @@ def power_by_nct(effect: float, sd: float, n: int, alpha: float) -> float:
     return sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
 
 
-@pytest.mark.parametrize("sd, n, alpha, power", [(0.01, 3, 0.05, 0.8), (0.004, 2, 0.05, 0.8), (0.02, 5, 0.1, 0.9), (1.0, 10, 0.05, 0.5)])
+@pytest.mark.parametrize(
+    "sd, n, alpha, power", [(0.01, 3, 0.05, 0.8), (0.004, 2, 0.05, 0.8), (0.02, 5, 0.1, 0.9), (1.0, 10, 0.05, 0.5)]
+)
 def test_detectable_effect_matches_brute_force_power(sd, n, alpha, power):
     mde = detectable_effect(sd, n, alpha, power)
     grid = np.linspace(0, 15 * sd, 30_001)  # brute force: the smallest effect on a fine grid reaching the power
@@ -267,7 +269,9 @@ def test_detectable_effect_matches_brute_force_power(sd, n, alpha, power):
     assert power_by_nct(mde, sd, n, alpha) == pytest.approx(power, abs=1e-4)
 
 
-@pytest.mark.parametrize("sd, n, expected", [(0.01, 1, nan), (0.01, 0, nan), (nan, 3, nan), (0.0, 3, 0.0), (0.0, 1, nan)])
+@pytest.mark.parametrize(
+    "sd, n, expected", [(0.01, 1, nan), (0.01, 0, nan), (nan, 3, nan), (0.0, 3, 0.0), (0.0, 1, nan)]
+)
 def test_detectable_effect_edge_cases(sd, n, expected):
     got = detectable_effect(sd, n, 0.05)
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
@@ -332,7 +336,13 @@ def test_compare_arms_fields():
     np.testing.assert_allclose(r["diffs"], diffs)
     assert r["diffs_points"] == ";".join(f"{100 * d:.2f}" for d in diffs)
     si = seed_interval(diffs, 0.95)
-    assert (r["diff"], r["sd"], r["ci_low"], r["ci_high"], r["p"]) == (si["mean"], si["sd"], si["low"], si["high"], si["p"])
+    assert (r["diff"], r["sd"], r["ci_low"], r["ci_high"], r["p"]) == (
+        si["mean"],
+        si["sd"],
+        si["low"],
+        si["high"],
+        si["p"],
+    )
     assert r["boot_low"] < r["diff"] < r["boot_high"]
     assert r["n_a_only"] == int(np.sum((a == 1) & (b == 0))) and r["n_b_only"] == int(np.sum((a == 0) & (b == 1)))
     assert len(r["p_mcnemar_seeds"].split(";")) == 3

@@ -69,7 +69,9 @@ def test_exact_trainable_counts_mpnet(strategy: str, layers: list[int] | None, e
 
 def test_mpnet_lora_adapts_q_k_v_of_the_band() -> None:
     model = build("lora_selective", [0, 2], "mpnet")
-    assert targeted_modules(model) == sorted(f"mpnet.encoder.layer.{l}.attention.attn.{m}" for l in (0, 2) for m in "qkv")
+    assert targeted_modules(model) == sorted(
+        f"mpnet.encoder.layer.{l}.attention.attn.{m}" for l in (0, 2) for m in "qkv"
+    )
 
 
 def test_full_trains_everything() -> None:
@@ -81,7 +83,14 @@ def test_full_trains_everything() -> None:
     ("strategy", "expected_names"),
     [
         ("head", {"classifier.weight", "classifier.bias"}),
-        ("shallow", {n for n in BertForSequenceClassification(tiny_config(L)).state_dict() if ".layer.1." in n or ".layer.2." in n or "pooler" in n or "classifier" in n}),
+        (
+            "shallow",
+            {
+                n
+                for n in BertForSequenceClassification(tiny_config(L)).state_dict()
+                if ".layer.1." in n or ".layer.2." in n or "pooler" in n or "classifier" in n
+            },
+        ),
     ],
 )
 def test_exact_trainable_names(strategy: str, expected_names: set[str]) -> None:
@@ -102,29 +111,50 @@ def test_lora_band_maps_to_layer_indices(layers: list[int]) -> None:
 
 
 def test_lora_layers_come_from_the_selection() -> None:
-    selection = {"band": [1, 2], "complement": [0, 3], "rgn": [3, 5], "cka": [0, 5], "random": [{"layers": [4, 5]}, {"layers": [0, 1]}]}
+    selection = {
+        "band": [1, 2],
+        "complement": [0, 3],
+        "rgn": [3, 5],
+        "cka": [0, 5],
+        "random": [{"layers": [4, 5]}, {"layers": [0, 1]}],
+    }
     assert lora_layers("lora_selective", 6, selection) == [1, 2]
     assert lora_layers("lora_all", 6, selection) == [0, 1, 2, 3, 4, 5]
     assert lora_layers("lora_random_1", 6, selection) == [0, 1]
-    assert (lora_layers("lora_complement", 6, selection), lora_layers("lora_rgn", 6, selection), lora_layers("lora_cka", 6, selection)) == ([0, 3], [3, 5], [0, 5])
+    assert (
+        lora_layers("lora_complement", 6, selection),
+        lora_layers("lora_rgn", 6, selection),
+        lora_layers("lora_cka", 6, selection),
+    ) == ([0, 3], [3, 5], [0, 5])
 
 
 def test_lora_on_minilm_shape_counts_9216_per_layer() -> None:
     """MiniLM-L6 (hidden 384), r = 4 on q, k, v: 9,216 per adapted layer; BERT-base's 5 layers: 92,160."""
     cfg = tiny_config(2)
     cfg.hidden_size, cfg.num_attention_heads = 384, 12
-    model = apply_strategy(BertForSequenceClassification(cfg), "lora_selective", shallow_k=2, lora=Lora(rank=4, alpha=16, dropout=0.05, targets=["query", "key", "value"], lr=1e-3), layers=[1])
+    model = apply_strategy(
+        BertForSequenceClassification(cfg),
+        "lora_selective",
+        shallow_k=2,
+        lora=Lora(rank=4, alpha=16, dropout=0.05, targets=["query", "key", "value"], lr=1e-3),
+        layers=[1],
+    )
     assert sum(trainable_parameters(model).values()) == 9_216 + (384 * 2 + 2)
     assert 5 * lora_per_layer(4, 768) == 92_160
 
 
-@pytest.mark.parametrize(("strategy", "layers"), [("lora_selective", []), ("lora_all", None), ("lora_random_0", [3]), ("unknown", None)])
+@pytest.mark.parametrize(
+    ("strategy", "layers"), [("lora_selective", []), ("lora_all", None), ("lora_random_0", [3]), ("unknown", None)]
+)
 def test_bad_strategy_arguments(strategy: str, layers: list[int] | None) -> None:
     with pytest.raises(ValueError):
         build(strategy, layers)
 
 
-@pytest.mark.parametrize(("strategy", "layers"), [("head", None), ("shallow", None), ("bitfit", None), ("lora_selective", [0]), ("full", None)])
+@pytest.mark.parametrize(
+    ("strategy", "layers"),
+    [("head", None), ("shallow", None), ("bitfit", None), ("lora_selective", [0]), ("full", None)],
+)
 def test_one_step_changes_only_trainable_parameters(strategy: str, layers: list[int] | None, tiny_batch: dict) -> None:
     model = build(strategy, layers)
     model.train()
@@ -152,8 +182,12 @@ def test_every_strategy_sees_the_same_batches_in_the_same_order() -> None:
     for strategy, layers in (("bitfit", None), ("full", None), ("lora_selective", [1])):
         model = build(strategy, layers)
         seen[strategy] = []
-        model.register_forward_pre_hook(lambda m, a, kw, s=strategy: seen[s].append(kw["input_ids"].clone()) or None, with_kwargs=True)
-        records, curve, tokens = train_cell(model, params, data, torch.device("cpu"), Precision("fp32", "cpu", "test"), 1e-3, strategy)
+        model.register_forward_pre_hook(
+            lambda m, a, kw, s=strategy: seen[s].append(kw["input_ids"].clone()) or None, with_kwargs=True
+        )
+        records, curve, tokens = train_cell(
+            model, params, data, torch.device("cpu"), Precision("fp32", "cpu", "test"), 1e-3, strategy
+        )
         assert len(records) == 3 and [c["step"] for c in curve] == [0, 3, 6]
     assert len(seen["full"]) == 7 + 3  # 7 training steps and 3 diagnostic measurements (steps 0, 3, 6)
     for other in ("bitfit", "lora_selective"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from inflection_layers.sweep import GRID, choose, markdown
+from inflection_layers.tools.sweep import GRID, choose, markdown
 
 
 def table(rows: list[tuple[str, float, str, float]]) -> pd.DataFrame:
@@ -12,13 +12,21 @@ def table(rows: list[tuple[str, float, str, float]]) -> pd.DataFrame:
 
 
 def test_the_best_mean_over_sources_wins() -> None:
-    t = table([("full", 2e-5, "over-42", 0.90), ("full", 2e-5, "under-42", 0.80),
-               ("full", 1e-4, "over-42", 0.86), ("full", 1e-4, "under-42", 0.86)])
+    t = table(
+        [
+            ("full", 2e-5, "over-42", 0.90),
+            ("full", 2e-5, "under-42", 0.80),
+            ("full", 1e-4, "over-42", 0.86),
+            ("full", 1e-4, "under-42", 0.86),
+        ]
+    )
     assert choose(t).to_dict("records") == [{"family": "full", "lr": 1e-4, "accuracy": 0.86}]
 
 
 def test_a_tie_goes_to_the_lower_rate() -> None:
-    t = table([("shallow", 3e-4, "over-42", 0.850), ("shallow", 1e-4, "over-42", 0.850), ("shallow", 3e-5, "over-42", 0.846)])
+    t = table(
+        [("shallow", 3e-4, "over-42", 0.850), ("shallow", 1e-4, "over-42", 0.850), ("shallow", 3e-5, "over-42", 0.846)]
+    )
     assert choose(t)["lr"].tolist() == [1e-4]
 
 

@@ -1,4 +1,4 @@
-"""Tests of inflection_layers.verdicts: every outcome of every rule, edge cases included."""
+"""Tests of inflection_layers.reporting.verdicts: every outcome of every rule, edge cases included."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from inflection_layers import verdicts
-from inflection_layers.stats import compare_arms, equivalence_test
-from inflection_layers.verdicts import (
+from inflection_layers.reporting import verdicts
+from inflection_layers.reporting.stats import compare_arms, equivalence_test
+from inflection_layers.reporting.verdicts import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     PARTIAL,
@@ -199,7 +199,12 @@ def test_categorical(observed, expected, want):
         (0.0023, 0.01, 0.0023, "the paper's own seed std (0.23 points)"),
         (None, 0.01, 0.005, "half the smallest difference the paper interprets (1.00 points / 2 = 0.50 points)"),
         (nan, 0.01, 0.005, "half the smallest difference the paper interprets (1.00 points / 2 = 0.50 points)"),
-        (0.0, 0.02, 0.01, "half the smallest difference the paper interprets (2.00 points / 2 = 1.00 points)"),  # std 0: no margin
+        (
+            0.0,
+            0.02,
+            0.01,
+            "half the smallest difference the paper interprets (2.00 points / 2 = 1.00 points)",
+        ),  # std 0: no margin
     ],
 )
 def test_equivalence_margin(std, smallest, margin, reason):

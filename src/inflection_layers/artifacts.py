@@ -35,11 +35,19 @@ def stage_args(description: str, options: dict[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     from inflection_layers.cells import Group
 
-    kinds = {"group": {"required": True, "type": Group.parse}, "regime": {"required": True, "choices": ("under", "over")}, "seed": {"required": True, "type": int},
-             "lora": {"action": "store_true"}}
+    kinds = {
+        "group": {"required": True, "type": Group.parse},
+        "regime": {"required": True, "choices": ("under", "over")},
+        "seed": {"required": True, "type": int},
+        "lora": {"action": "store_true"},
+    }
     for name, help_text in options.items():
         flag = "--" + name.rstrip("*?").replace("_", "-")
-        kw = kinds.get(name) or {"type": Path, "required": not name.endswith("?"), "nargs": "+" if name.endswith("*") else None}
+        kw = kinds.get(name) or {
+            "type": Path,
+            "required": not name.endswith("?"),
+            "nargs": "+" if name.endswith("*") else None,
+        }
         parser.add_argument(flag, help=help_text, **{k: v for k, v in kw.items() if v is not None})
     return parser.parse_args()
 
@@ -76,7 +84,9 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         pid = sibling.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
             continue
-        shutil.rmtree(sibling, ignore_errors=True) if sibling.is_dir() and not sibling.is_symlink() else sibling.unlink(missing_ok=True)
+        shutil.rmtree(sibling, ignore_errors=True) if sibling.is_dir() and not sibling.is_symlink() else sibling.unlink(
+            missing_ok=True
+        )
         removed.append(sibling)
     if removed:
         logger.info("removed %d leftover temporary sibling(s) of %s from an interrupted run", len(removed), path)
@@ -145,12 +155,16 @@ def writer_of(path: str | Path, lock: str | Path = "dvc.lock") -> str | None:
 def _damaged(path: Path, what: str, detail: str) -> InputError:
     stage = writer_of(path)
     rerun = f"rerun `dvc repro -f {stage}`" if stage else "rerun the stage that writes it"
-    return InputError(f"{path}: {what} ({detail}); it is written by {f'stage {stage}' if stage else 'an earlier stage'}: {rerun}")
+    return InputError(
+        f"{path}: {what} ({detail}); it is written by {f'stage {stage}' if stage else 'an earlier stage'}: {rerun}"
+    )
 
 
 def _missing(path: Path) -> InputError:
     stage = writer_of(path)
-    return InputError(f"{path}: missing; it is written by {f'stage {stage}: run `dvc repro {stage}`' if stage else 'an earlier stage: run `dvc repro`'}")
+    return InputError(
+        f"{path}: missing; it is written by {f'stage {stage}: run `dvc repro {stage}`' if stage else 'an earlier stage: run `dvc repro`'}"
+    )
 
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -161,7 +175,9 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several types for truncated files
-        raise _damaged(path, "truncated or corrupt parquet file", f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise _damaged(
+            path, "truncated or corrupt parquet file", f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from e
     if columns is not None and not set(columns) <= set(df.columns):
         raise _damaged(path, "unexpected columns", f"expected {columns}, found {list(df.columns)}")
     return df
@@ -203,4 +219,6 @@ def read_npy(path: str | Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise _damaged(path, "truncated or corrupt array file", str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+        raise _damaged(
+            path, "truncated or corrupt array file", str(e).splitlines()[0] if str(e) else type(e).__name__
+        ) from e

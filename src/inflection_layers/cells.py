@@ -30,7 +30,7 @@ TARGET_NAMES = {"rt": "Rotten Tomatoes", "cr": "customer reviews (CR)"}
 REGIMES = ("under", "over")
 EVAL_SPLITS = ("validation", "test")
 PLAIN_STRATEGIES = ("none", "head", "shallow", "full", "bitfit")
-LORA_STRATEGIES = ("lora_selective", "lora_all", "lora_random", "lora_complement", "lora_rgn", "lora_cka")
+LORA_STRATEGIES = ("lora_selective", "lora_all", "lora_random", "lora_top", "lora_complement", "lora_rgn", "lora_cka")
 STRATEGIES = PLAIN_STRATEGIES + LORA_STRATEGIES
 FROZEN_ENCODER = ("none", "head")  # strategies whose encoder does not change: features computed once per group
 EMBEDDINGS_LAYER = -1
@@ -110,7 +110,13 @@ class Cell:
     def key(self) -> dict[str, Any]:
         """The columns that identify the cell in every tidy table."""
         g = self.group
-        return {"target": g.target, "regime": g.regime, "seed": g.seed, "strategy": self.strategy, "family": self.family}
+        return {
+            "target": g.target,
+            "regime": g.regime,
+            "seed": g.seed,
+            "strategy": self.strategy,
+            "family": self.family,
+        }
 
 
 def expand(strategies: Iterable[str], random_draws: int) -> list[str]:
@@ -119,6 +125,20 @@ def expand(strategies: Iterable[str], random_draws: int) -> list[str]:
     for s in strategies:
         out += [f"lora_random_{d}" for d in range(random_draws)] if s == "lora_random" else [s]
     return out
+
+
+def draws_of(params: Any, group: Group, counts: dict[str, int] | None = None) -> int:
+    """How many random-band cells a group has: `ski.random_draws`, or with 'all' the group's count in `counts`
+    (group name -> the number of random bands its selection JSON lists)."""
+    n = params.ski.random_draws
+    if n != "all":
+        return int(n)
+    if counts is None or group.name not in counts:
+        raise InputError(
+            f"ski.random_draws = 'all': the number of random bands of {group.name} comes from its selection JSON; "
+            "run `dvc repro select` first"
+        )
+    return counts[group.name]
 
 
 def sources(study: Any) -> list[Source]:
@@ -131,16 +151,21 @@ def groups(study: Any) -> list[Group]:
     return [Group(t, r, s) for t in study.targets for r in study.regimes for s in study.seeds]
 
 
-def cells(params: Any, lora: bool | None = None, analysis_only: bool = False) -> list[Cell]:
+def cells(
+    params: Any, lora: bool | None = None, analysis_only: bool = False, counts: dict[str, int] | None = None
+) -> list[Cell]:
     """Every cell of a params file: plain (lora False), LoRA (True) or both (None); `analysis_only` keeps
-    the cells whose representations are saved (`analysis.strategies`)."""
+    the cells whose representations are saved (`analysis.strategies`); `counts`: see :func:`draws_of`."""
     study = params.study
     names = (study.strategies if lora is not True else []) + (study.lora_strategies if lora is not False else [])
     keep = set(params.analysis.strategies)
-    return [
-        Cell(g, s) for g in groups(study) for s in expand(names, params.ski.random_draws)
-        if not analysis_only or family(s) in keep
-    ]
+    if analysis_only:
+        names = [s for s in names if s in keep]
+    out = []
+    for g in groups(study):
+        n = draws_of(params, g, counts) if "lora_random" in names else 0
+        out += [Cell(g, s) for s in expand(names, n)]
+    return out
 
 
 def locate(roots: Sequence[Path | str], cell: Cell, suffix: str = "") -> Path:
@@ -152,5 +177,7 @@ def locate(roots: Sequence[Path | str], cell: Cell, suffix: str = "") -> Path:
     for path in candidates:
         if path.exists():
             return path
-    raise InputError(f"cell {cell.name}: none of {[str(c) for c in candidates]} exists; "
-                     "run `dvc repro finetune finetune_lora` (the stages that write the cells) first")
+    raise InputError(
+        f"cell {cell.name}: none of {[str(c) for c in candidates]} exists; "
+        "run `dvc repro finetune finetune_lora` (the stages that write the cells) first"
+    )

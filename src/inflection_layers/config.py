@@ -77,6 +77,17 @@ class OneOf:
         return "a non-empty list without repeats" + (f" of {among}" if among else "")
 
 
+@dataclasses.dataclass(frozen=True)
+class CountOrAll:
+    """An integer >= 1, or the word 'all'."""
+
+    def ok(self, v: Any) -> bool:
+        return v == "all" or (isinstance(v, int) and v >= 1)
+
+    def allowed(self, tp: str) -> str:
+        return "an integer >= 1 or 'all'"
+
+
 RATE = Between(0, 1, "()")
 POSITIVE = AtLeast(1)
 NONNEGATIVE = AtLeast(0)
@@ -100,10 +111,20 @@ class Study:
 
     def __post_init__(self) -> None:
         _require(bool(self.profile.strip()), "study.profile", self.profile, "a non-empty name")
-        _require("none" in self.strategies, "study.strategies", self.strategies, "a list that includes 'none' (the source model: the 'before' of every comparison)")
+        _require(
+            "none" in self.strategies,
+            "study.strategies",
+            self.strategies,
+            "a list that includes 'none' (the source model: the 'before' of every comparison)",
+        )
         _require(all(s >= 0 for s in self.seeds), "study.seeds", self.seeds, "integers >= 0")
-        _require(OneOf(LORA_STRATEGIES).ok(self.lora_strategies) and len(set(self.lora_strategies)) == len(self.lora_strategies),
-                 "study.lora_strategies", self.lora_strategies, f"a list without repeats of values among {list(LORA_STRATEGIES)}")
+        _require(
+            OneOf(LORA_STRATEGIES).ok(self.lora_strategies)
+            and len(set(self.lora_strategies)) == len(self.lora_strategies),
+            "study.lora_strategies",
+            self.lora_strategies,
+            f"a list without repeats of values among {list(LORA_STRATEGIES)}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +148,12 @@ class Model:
     precision: Annotated[str, OneOf(PRECISIONS)]
 
     def __post_init__(self) -> None:
-        _require(bool(self.name.strip()), "model.name", self.name, "'packaged', 'packaged-base', a hub model name or a local directory")
+        _require(
+            bool(self.name.strip()),
+            "model.name",
+            self.name,
+            "'packaged', 'packaged-base', a hub model name or a local directory",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +193,7 @@ class Ski:
     s: Annotated[int, NONNEGATIVE]
     threshold: Annotated[float, Between(0, 1, "(]")]
     max_band: Annotated[int | None, POSITIVE]  # null: no cap
-    random_draws: Count
+    random_draws: Annotated[int | str, CountOrAll()]  # 'all': every other band of the band's size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +223,12 @@ class Finetune:
     eval_splits: list[str]
 
     def __post_init__(self) -> None:
-        _require(self.eval_splits in (list(EVAL_SPLITS[:1]), list(EVAL_SPLITS)), "finetune.eval_splits", self.eval_splits,
-                 f"{list(EVAL_SPLITS[:1])} or {list(EVAL_SPLITS)} (validation first: it is the analysis sample's first part)")
+        _require(
+            self.eval_splits in (list(EVAL_SPLITS[:1]), list(EVAL_SPLITS)),
+            "finetune.eval_splits",
+            self.eval_splits,
+            f"{list(EVAL_SPLITS[:1])} or {list(EVAL_SPLITS)} (validation first: it is the analysis sample's first part)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +251,12 @@ class Analysis:
     pca_dim: Count
 
     def __post_init__(self) -> None:
-        _require("none" in self.strategies, "analysis.strategies", self.strategies, "a list that includes 'none' (the 'before' of Delta-CKA)")
+        _require(
+            "none" in self.strategies,
+            "analysis.strategies",
+            self.strategies,
+            "a list that includes 'none' (the 'before' of Delta-CKA)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,13 +297,15 @@ class Resources:
 
 @dataclasses.dataclass(frozen=True)
 class Cluster:
-    """Slurm submission of the DAG (`python -m inflection_layers.cluster`): partition and per-stage resources."""
+    """Slurm submission of the DAG (`python -m inflection_layers.tools.cluster`): partition and per-stage resources."""
 
     partition: str | None
     resources: dict[str, Resources]
 
     def __post_init__(self) -> None:
-        _require("default" in self.resources, "cluster.resources", sorted(self.resources), "a mapping with a 'default' entry")
+        _require(
+            "default" in self.resources, "cluster.resources", sorted(self.resources), "a mapping with a 'default' entry"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,8 +360,15 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _describe(tp: Any) -> str:
-    names = {"int": "an integer", "float": "a float", "str": "a string", "bool": "true or false", "int | None": "an integer or null",
-             "float | None": "a float or null", "str | None": "a string or null"}
+    names = {
+        "int": "an integer",
+        "float": "a float",
+        "str": "a string",
+        "bool": "true or false",
+        "int | None": "an integer or null",
+        "float | None": "a float or null",
+        "str | None": "a string or null",
+    }
     text = getattr(tp, "__name__", None) if not isinstance(tp, types.UnionType) else None
     text = text or str(tp).replace("typing.", "")
     return names.get(text, f"a value of type {text}")
@@ -342,7 +386,12 @@ def _value(tp: Any, raw: Any, key: str) -> Any:
     _require(_type_ok(raw, tp), key, raw, _describe(tp))
     nullable = type(None) in typing.get_args(tp)
     for rule in rules:
-        _require(rule.ok(raw), key, raw, rule.allowed(_describe(tp).removesuffix(" or null")) + (", or null" if nullable else ""))
+        _require(
+            rule.ok(raw),
+            key,
+            raw,
+            rule.allowed(_describe(tp).removesuffix(" or null")) + (", or null" if nullable else ""),
+        )
     return float(raw) if tp is float else raw
 
 
@@ -352,10 +401,19 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
-        _require(key in fields, f"{prefix}.{key}" if prefix else str(key), raw[key], f"no such key; known keys here: {fields}")
+        _require(
+            key in fields,
+            f"{prefix}.{key}" if prefix else str(key),
+            raw[key],
+            f"no such key; known keys here: {fields}",
+        )
     for key in fields:
-        _require(key in raw, f"{prefix}.{key}" if prefix else key, "(missing)",
-                 f"a value: every key is set in conf/config.yaml or a profile ({_describe(_split(hints[key])[0])})")
+        _require(
+            key in raw,
+            f"{prefix}.{key}" if prefix else key,
+            "(missing)",
+            f"a value: every key is set in conf/config.yaml or a profile ({_describe(_split(hints[key])[0])})",
+        )
     return cls(**{key: _value(hints[key], raw[key], f"{prefix}.{key}" if prefix else key) for key in fields})
 
 

@@ -23,12 +23,9 @@ import csv
 import hashlib
 import io
 import logging
-import os
 import re
-import socket
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -50,9 +47,12 @@ SHA256 = {  # the offline copies' README files; data.verify_checksums: false acc
     "CR/custrev.neg": "8f29d7fa39f9862764b71f36b193f0674e0056287ffc5bf170edf6db42cc8f83",
 }
 EXPECTED_ROWS = {  # SST-2: examples after the header; RT and CR: LF-terminated lines
-    "SST-2/train.tsv": 67_349, "SST-2/dev.tsv": 872,
-    "rt-polaritydata/rt-polarity.pos": 5_331, "rt-polaritydata/rt-polarity.neg": 5_331,
-    "CR/custrev.pos": 2_407, "CR/custrev.neg": 1_368,
+    "SST-2/train.tsv": 67_349,
+    "SST-2/dev.tsv": 872,
+    "rt-polaritydata/rt-polarity.pos": 5_331,
+    "rt-polaritydata/rt-polarity.neg": 5_331,
+    "CR/custrev.pos": 2_407,
+    "CR/custrev.neg": 1_368,
 }
 WHAT = {
     "SST-2": "GLUE's SST-2 file with header 'sentence<TAB>label' (UTF-8)",
@@ -105,9 +105,13 @@ def read_checked(path: Path, rel: str, verify: bool) -> tuple[bytes, dict]:
     if not raw:
         raise DataError(f"{path}: empty file (0 bytes); expected {what}")
     if not raw.endswith(b"\n"):
-        raise DataError(f"{path}: the last line is cut (the file does not end with a newline), so the file is truncated")
+        raise DataError(
+            f"{path}: the last line is cut (the file does not end with a newline), so the file is truncated"
+        )
     if m := CONTROL.search(raw):
-        raise DataError(f"{path}: control byte 0x{raw[m.start()]:02X} on line {_line(raw, m.start())}; the file is damaged or not text")
+        raise DataError(
+            f"{path}: control byte 0x{raw[m.start()]:02X} on line {_line(raw, m.start())}; the file is damaged or not text"
+        )
     if rel.startswith("SST-2/"):
         try:
             raw.decode("utf-8")
@@ -116,11 +120,15 @@ def read_checked(path: Path, rel: str, verify: bool) -> tuple[bytes, dict]:
     elif rel.startswith("CR/") and (m := NON_ASCII.search(raw)):
         raise DataError(f"{path}: not ASCII (byte 0x{raw[m.start()]:02X} on line {_line(raw, m.start())})")
     elif rel.startswith("rt-") and (m := CP1252_UNDEFINED.search(raw)):
-        raise DataError(f"{path}: not Windows-1252 (byte 0x{raw[m.start()]:02X}, undefined there, on line {_line(raw, m.start())})")
+        raise DataError(
+            f"{path}: not Windows-1252 (byte 0x{raw[m.start()]:02X}, undefined there, on line {_line(raw, m.start())})"
+        )
     digest, pinned = sha256(raw), SHA256.get(rel)
     if verify and pinned is not None and digest != pinned:
-        raise DataError(f"{path}: sha256 is {digest} but the pinned copy's is {pinned}, so this is another version "
-                        "of the file (set data.verify_checksums: false to accept it)")
+        raise DataError(
+            f"{path}: sha256 is {digest} but the pinned copy's is {pinned}, so this is another version "
+            "of the file (set data.verify_checksums: false to accept it)"
+        )
     return raw, {"sha256": digest, "pinned": pinned, "matches": digest == pinned}
 
 
@@ -133,9 +141,13 @@ def _check_rows(path: Path, n: int, rel: str, unit: str = "examples") -> None:
 def parse_sst2(raw: bytes, path: Path, rel: str = "") -> tuple[list[str], list[int]]:
     """GLUE's SST-2 TSV (header ``sentence<TAB>label``, UTF-8, no quoting) -> texts, labels."""
     try:
-        df = pd.read_csv(io.BytesIO(raw), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, dtype=str, encoding="utf-8")
+        df = pd.read_csv(
+            io.BytesIO(raw), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, dtype=str, encoding="utf-8"
+        )
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise DataError(f"{path}: not a tab-separated file with header 'sentence<TAB>label' ({str(e).strip().splitlines()[0]})") from e
+        raise DataError(
+            f"{path}: not a tab-separated file with header 'sentence<TAB>label' ({str(e).strip().splitlines()[0]})"
+        ) from e
     if list(df.columns) != ["sentence", "label"]:
         raise DataError(f"{path}: expected columns ['sentence', 'label'], found {list(df.columns)}")
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the extra leading field an index
@@ -207,19 +219,26 @@ def split_cr(pos: list[str], neg: list[str]) -> dict[str, pd.DataFrame]:
     return {f"cr_{s}": _frame(f"cr_{s}", *parts[s]) for s in parts}
 
 
-def load_local(data_dir: str | Path, targets: Sequence[str], verify: bool) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
+def load_local(
+    data_dir: str | Path, targets: Sequence[str], verify: bool
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
     """SST-2 train/dev and each target's splits from the original files -> (splits, sha256 record per file read)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data.dir = {str(data_dir)!r} ({data_dir.resolve()}) is not a directory; "
-                        "expected SST-2/, rt-polaritydata/ and CR/ in it")
+        raise DataError(
+            f"data.dir = {str(data_dir)!r} ({data_dir.resolve()}) is not a directory; "
+            "expected SST-2/, rt-polaritydata/ and CR/ in it"
+        )
     files: dict[str, dict] = {}
 
     def read(rel: str) -> bytes:
         raw, files[rel] = read_checked(data_dir / rel, rel, verify)
         return raw
 
-    splits = {f"sst2_{name}": _frame(f"sst2_{name}", *parse_sst2(read(rel), data_dir / rel, rel)) for name, rel in SST2_FILES.items()}
+    splits = {
+        f"sst2_{name}": _frame(f"sst2_{name}", *parse_sst2(read(rel), data_dir / rel, rel))
+        for name, rel in SST2_FILES.items()
+    }
     if "rt" in targets:
         splits.update(split_rt(*(parse_rt(read(RT_FILES[k]), data_dir / RT_FILES[k], RT_FILES[k]) for k in (1, 0))))
     if "cr" in targets:
@@ -238,7 +257,9 @@ def load_hub(targets: Sequence[str]) -> dict[str, pd.DataFrame]:
     }
     if "rt" in targets:
         rt = load_dataset(HUB["rt"][0])
-        splits.update({f"rt_{s}": _frame(f"rt_{s}", rt[s]["text"], rt[s]["label"]) for s in ("train", "validation", "test")})
+        splits.update(
+            {f"rt_{s}": _frame(f"rt_{s}", rt[s]["text"], rt[s]["label"]) for s in ("train", "validation", "test")}
+        )
     if "cr" in targets:
         cr = load_dataset(HUB["cr"][0])
         if "label_text" in cr["train"].column_names:
@@ -258,14 +279,20 @@ def load_splits(data: Data, targets: Sequence[str]) -> tuple[dict[str, pd.DataFr
     if source == "auto" and not data_dir.is_dir():
         logger.info("data.dir %r (%s) is missing; trying the Hugging Face hub", data.dir, data_dir.resolve())
         if why := hub_unreachable():
-            raise DataError(f"data.dir = {data.dir!r} ({data_dir.resolve()}) is missing and the Hugging Face hub is "
-                            f"unreachable ({why}); point data.dir at the offline copies or go online")
+            raise DataError(
+                f"data.dir = {data.dir!r} ({data_dir.resolve()}) is missing and the Hugging Face hub is "
+                f"unreachable ({why}); point data.dir at the offline copies or go online"
+            )
         source = "hub"
     elif source == "auto":
         source = "local"
-    elif source == "hub" and not offline_flag() and (why := hub_unreachable()):  # offline flags: `datasets` reads its cache
-        raise DataError(f"data.source is 'hub' but the Hugging Face hub is unreachable ({why}); "
-                        f"use data.source: local with data.dir = the offline copies")
+    elif (
+        source == "hub" and not offline_flag() and (why := hub_unreachable())
+    ):  # offline flags: `datasets` reads its cache
+        raise DataError(
+            f"data.source is 'hub' but the Hugging Face hub is unreachable ({why}); "
+            f"use data.source: local with data.dir = the offline copies"
+        )
     if source == "local":
         splits, files = load_local(data_dir, targets, data.verify_checksums)
         return splits, "local", files

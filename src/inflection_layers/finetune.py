@@ -24,126 +24,40 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from inflection_layers.artifacts import atomic_path, read_json, read_parquet, stage_args, write_csv, write_json
+from inflection_layers.adapt import GroupData, frozen_cells, load_group_data, score, train_cell
+from inflection_layers.artifacts import atomic_path, read_json, stage_args, write_csv, write_json
 from inflection_layers.cells import FROZEN_ENCODER, Cell, Group, expand, family, is_lora
 from inflection_layers.config import Params, load_params
-from inflection_layers.diagnostics import measure, per_layer_means, tidy
+from inflection_layers.diagnostics import per_layer_means, tidy
 from inflection_layers.errors import InputError, run_main
-from inflection_layers.modeling import arch, load_model, load_tokenizer, pick_device, seed_everything
-from inflection_layers.precision import Precision, resolve
+from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
+from inflection_layers.precision import resolve
 from inflection_layers.strategies import apply_strategy, lora_layers, targeted_modules, trainable_parameters
 from inflection_layers.training import (
-    accuracy_and_loss, batch_stream, collate, iterate, make_optimizer, make_scheduler, predict, probe_step, to_device, tokenize, train_step,
+    predict,
+    probe_step,
 )
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class GroupData:
-    """One group's tokenised data: the train split, its batch stream, and the evaluation splits (the analysis sample)."""
-
-    train_ids: list[list[int]]
-    train_labels: list[int]
-    stream: list[np.ndarray]  # (steps,) batches of train indices, the same for every strategy
-    eval_frame: pd.DataFrame  # id, split, label
-    eval_ids: list[list[int]]
-    pad: int
-
-
-def load_group_data(data_dir: Path, group: Group, params: Params, tokenizer: object) -> GroupData:
-    """Read and tokenise the target's train split and evaluation splits once for every cell of a group."""
-    p = params.finetune
-    train = read_parquet(data_dir / f"{group.target}_train.parquet", ["text", "label"])
-    frames = [read_parquet(data_dir / f"{group.target}_{split}.parquet", ["id", "text", "label"]).assign(split=split) for split in p.eval_splits]
-    ev = pd.concat(frames, ignore_index=True)
-    ids = tokenize(tokenizer, train["text"], params.model.max_length)
-    return GroupData(ids, train["label"].tolist(), batch_stream([len(x) for x in ids], p.batch_size, group.seed, p.steps),
-                     ev[["id", "split", "label"]], tokenize(tokenizer, ev["text"], params.model.max_length), tokenizer.pad_token_id)
-
-
-def score(frame: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, dict]:
-    """Predictions (id, split, label, prob_pos, pred) and accuracy, loss and size per evaluation split."""
-    pred = frame.assign(prob_pos=probs[:, 1], pred=probs.argmax(1))
-    scores = {}
-    for split, rows in pred.groupby("split", sort=False).groups.items():
-        acc, loss = accuracy_and_loss(probs[rows], pred.loc[rows, "label"].tolist())
-        scores |= {f"{split}_accuracy": acc, f"{split}_loss": loss, f"{split}_n": len(rows)}
-    return pred, scores
-
-
-def diagnostic_steps(steps: int, every: int) -> set[int]:
-    """The steps whose batch is also measured: 0, every `every`, and the last."""
-    return set(range(0, steps, every)) | {steps - 1}
-
-
-def train_cell(model: torch.nn.Module, params: Params, data: GroupData, device: torch.device, precision: Precision, lr: float, desc: str,
-               diagnose: bool = True) -> tuple[list[dict], list[dict], int]:
-    """The flat training loop of an encoder-training cell -> (diagnostic records, curve rows, real tokens)."""
-    p = params.finetune
-    optimizer = make_optimizer(model, lr, p.weight_decay)
-    scheduler = make_scheduler(optimizer, p.schedule, p.steps, p.warmup_ratio)
-    diag = diagnostic_steps(p.steps, p.diag_every) if diagnose else set()
-    records, curve, tokens = [], [], 0
-    model.train()
-    for step, idx in enumerate(iterate(data.stream, desc)):
-        batch = to_device(collate(data.train_ids, idx, data.pad, data.train_labels), device)
-        if step in diag:  # eval mode, eager attention, no update: dropout-free diagnostics of the current model
-            rec = measure(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            records.append(rec)
-            curve.append({"step": step, "loss": rec["loss"], "margin": rec["margin"]} | {f"act_grad_{i - 1}": float(v) for i, v in enumerate(rec["act_grad"])})
-        train_step(lambda b: model(**b).loss, batch, optimizer, scheduler, precision=precision, max_grad_norm=p.max_grad_norm, step=step)
-        tokens += int(batch["attention_mask"].sum())
-    return records, curve, tokens
-
-
-def frozen_cells(model: torch.nn.Module, strategies: list[str], params: Params, data: GroupData, device: torch.device,
-                 precision: Precision, keep_reps: bool, seed: int) -> dict[str, dict]:
-    """`none` and `head` from one pass of the frozen encoder: the evaluation sentences and the train examples the stream uses.
-
-    Returns per strategy: probs (N, C), reps (or None), curve, tokens, seconds, trainable (name -> size).
-    """
-    p, head_forward = params.finetune, arch(model).head_forward
-    ev = predict(model, data.eval_ids, p.eval_batch_size, data.pad, device, precision, reps=keep_reps, head_input=True)
-    out = {"none": {"probs": ev["probs"], "reps": {k: ev[k] for k in ("cls", "mean")} if keep_reps else None, "curve": [], "tokens": 0, "seconds": 0.0, "trainable": {}}}
-    if "head" not in strategies:
-        return out
-    t0 = time.perf_counter()
-    used = np.unique(np.concatenate(data.stream))
-    feats = torch.zeros((len(data.train_ids), 1, model.config.hidden_size))
-    feats[used] = torch.from_numpy(predict(model, [data.train_ids[i] for i in used], p.eval_batch_size, data.pad, device, precision, head_input=True)["head_input"])
-    seed_everything(seed)
-    apply_strategy(model, "head", shallow_k=p.shallow_k)
-    optimizer = make_optimizer(model, params.lr("head"), p.weight_decay)
-    scheduler = make_scheduler(optimizer, p.schedule, p.steps, p.warmup_ratio)
-    labels = torch.tensor(data.train_labels)
-    model.train()
-    curve = []
-    for step, idx in enumerate(data.stream):
-        batch = {"features": feats[idx].to(device), "labels": labels[idx].to(device)}
-        loss = train_step(lambda b: F.cross_entropy(head_forward(model, b["features"]), b["labels"]), batch, optimizer, scheduler,
-                          precision=precision, max_grad_norm=p.max_grad_norm, step=step)
-        if step in diagnostic_steps(p.steps, p.diag_every):
-            curve.append({"step": step, "loss": loss})
-    model.eval()
-    with torch.no_grad(), precision.autocast():
-        logits = head_forward(model, torch.from_numpy(ev["head_input"]).to(device)).double()
-    out["head"] = {"probs": torch.softmax(logits, -1).cpu().numpy(), "reps": None, "curve": curve, "tokens": int(sum(len(data.train_ids[i]) for b in data.stream for i in b)),
-                   "seconds": time.perf_counter() - t0, "trainable": trainable_parameters(model)}
-    return out
-
-
-def write_cell(dirs: tuple[Path, Path, Path], cell: Cell, predictions: pd.DataFrame, reps: dict | None, metrics: dict,
-               records: list[dict], curve: list[dict], num_layers: int, adapter: torch.nn.Module | None) -> None:
+def write_cell(
+    dirs: tuple[Path, Path, Path],
+    cell: Cell,
+    predictions: pd.DataFrame,
+    reps: dict | None,
+    metrics: dict,
+    records: list[dict],
+    curve: list[dict],
+    num_layers: int,
+    adapter: torch.nn.Module | None,
+) -> None:
     """One cell's files in the stage's (temporary) output folders."""
     out, metrics_dir, plots_dir = dirs
     key = cell.key()
@@ -154,28 +68,52 @@ def write_cell(dirs: tuple[Path, Path, Path], cell: Cell, predictions: pd.DataFr
         np.save(cell_dir / f"{name}.npy", x)
     if adapter is not None:
         adapter.save_pretrained(cell_dir / "adapter", safe_serialization=True)
-        config = cell_dir / "adapter" / "adapter_config.json"  # peft writes target_modules from a set: sort it (byte-stable)
+        config = (
+            cell_dir / "adapter" / "adapter_config.json"
+        )  # peft writes target_modules from a set: sort it (byte-stable)
         saved = json.loads(config.read_text())
-        saved["target_modules"] = sorted(saved["target_modules"]) if isinstance(saved["target_modules"], list) else saved["target_modules"]
+        saved["target_modules"] = (
+            sorted(saved["target_modules"]) if isinstance(saved["target_modules"], list) else saved["target_modules"]
+        )
         config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     write_json(metrics_dir / f"{cell.strategy}.json", {**key, **metrics})
     layers = tidy(per_layer_means(records, num_layers), **key) if records else []
-    write_csv(plots_dir / f"{cell.strategy}-layers.csv", pd.DataFrame(layers, columns=["layer", "metric", "value", *key]))
-    write_csv(plots_dir / f"{cell.strategy}-curve.csv", pd.DataFrame(curve).assign(**key) if curve else pd.DataFrame(columns=["step", *key]))
+    write_csv(
+        plots_dir / f"{cell.strategy}-layers.csv", pd.DataFrame(layers, columns=["layer", "metric", "value", *key])
+    )
+    write_csv(
+        plots_dir / f"{cell.strategy}-curve.csv",
+        pd.DataFrame(curve).assign(**key) if curve else pd.DataFrame(columns=["step", *key]),
+    )
 
 
-def run_group(params: Params, group: Group, strategies: list[str], source: Path, data: GroupData, selection: dict | None,
-              device: torch.device, dirs: tuple[Path, Path, Path]) -> dict:
+def run_group(
+    params: Params,
+    group: Group,
+    strategies: list[str],
+    source: Path,
+    data: GroupData,
+    selection: dict | None,
+    device: torch.device,
+    dirs: tuple[Path, Path, Path],
+) -> dict:
     """Every cell of one stage, one after the other; returns the stage's timing record."""
     keep = set(params.analysis.strategies)
     seed_everything(group.seed)
     model = load_model(str(source)).to(device)
-    precision = resolve(params.model.precision, device, params.model.name, probe_step(model, data.train_ids, data.train_labels, data.pad, params.finetune.batch_size, device))
+    precision = resolve(
+        params.model.precision,
+        device,
+        params.model.name,
+        probe_step(model, data.train_ids, data.train_labels, data.pad, params.finetune.batch_size, device),
+    )
     L = model.config.num_hidden_layers
     results: dict[str, dict] = {}
     frozen = [s for s in strategies if s in FROZEN_ENCODER]
     if frozen:
-        results |= frozen_cells(model.eval(), frozen, params, data, device, precision, keep_reps="none" in keep, seed=group.seed)
+        results |= frozen_cells(
+            model.eval(), frozen, params, data, device, precision, keep_reps="none" in keep, seed=group.seed
+        )
     tokens, t_stage = 0, time.perf_counter()
     for strategy in strategies:
         cell = Cell(group, strategy)
@@ -183,51 +121,104 @@ def run_group(params: Params, group: Group, strategies: list[str], source: Path,
         adapter = None
         if strategy in results:
             r = results[strategy]
-            probs, reps, records, curve, n_tok, seconds, trainable = r["probs"], r["reps"], [], r["curve"], r["tokens"], r["seconds"], r["trainable"]
+            probs, reps, records, curve, n_tok, seconds, trainable = (
+                r["probs"],
+                r["reps"],
+                [],
+                r["curve"],
+                r["tokens"],
+                r["seconds"],
+                r["trainable"],
+            )
         else:
             seed_everything(group.seed)
-            model = apply_strategy(load_model(str(source)), strategy, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers).to(device)
+            model = apply_strategy(
+                load_model(str(source)), strategy, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers
+            ).to(device)
             trainable = trainable_parameters(model)
             t0 = time.perf_counter()
-            records, curve, n_tok = train_cell(model, params, data, device, precision, params.lr(strategy), cell.name, diagnose=family(strategy) in keep)
+            records, curve, n_tok = train_cell(
+                model,
+                params,
+                data,
+                device,
+                precision,
+                params.lr(strategy),
+                cell.name,
+                diagnose=family(strategy) in keep,
+            )
             seconds = time.perf_counter() - t0
-            ev = predict(model, data.eval_ids, params.finetune.eval_batch_size, data.pad, device, precision, reps=family(strategy) in keep)
+            ev = predict(
+                model,
+                data.eval_ids,
+                params.finetune.eval_batch_size,
+                data.pad,
+                device,
+                precision,
+                reps=family(strategy) in keep,
+            )
             probs, reps = ev["probs"], ({k: ev[k] for k in ("cls", "mean")} if family(strategy) in keep else None)
             adapter = model if is_lora(strategy) else None
         tokens += n_tok
         predictions, scores = score(data.eval_frame, probs)
-        metrics = {**scores, "trainable_parameters": int(sum(trainable.values())), "lr": params.lr(strategy) if strategy != "none" else None,
-                   "lora_layers": layers, "targeted_modules": targeted_modules(adapter) if adapter is not None else [],
-                   "steps": params.finetune.steps if strategy != "none" else 0, "train_seconds": round(seconds, 2),
-                   "tokens_per_second": round(n_tok / seconds, 1) if seconds > 0 else None, "num_layers": L, **precision.record(),
-                   "final_loss": curve[-1]["loss"] if curve else None}
+        metrics = {
+            **scores,
+            "trainable_parameters": int(sum(trainable.values())),
+            "lr": params.lr(strategy) if strategy != "none" else None,
+            "lora_layers": layers,
+            "targeted_modules": targeted_modules(adapter) if adapter is not None else [],
+            "steps": params.finetune.steps if strategy != "none" else 0,
+            "train_seconds": round(seconds, 2),
+            "tokens_per_second": round(n_tok / seconds, 1) if seconds > 0 else None,
+            "num_layers": L,
+            **precision.record(),
+            "final_loss": curve[-1]["loss"] if curve else None,
+        }
         write_cell(dirs, cell, predictions, reps, metrics, records, curve, L, adapter)
-        logger.info("%s: %s accuracy %.4f, %d trainable parameters, %.0f s", cell.name, params.finetune.eval_splits[0],
-                    scores[f"{params.finetune.eval_splits[0]}_accuracy"], metrics["trainable_parameters"], seconds)
+        logger.info(
+            "%s: %s accuracy %.4f, %d trainable parameters, %.0f s",
+            cell.name,
+            params.finetune.eval_splits[0],
+            scores[f"{params.finetune.eval_splits[0]}_accuracy"],
+            metrics["trainable_parameters"],
+            seconds,
+        )
     wall = time.perf_counter() - t_stage
-    return {"target": group.target, "regime": group.regime, "seed": group.seed, "cells": len(strategies), "wall_seconds": round(wall, 2),
-            "train_tokens": tokens, "tokens_per_second": round(tokens / wall, 1) if wall > 0 else None,
-            "attention": model.config._attn_implementation if hasattr(model, "config") else None, **precision.record()}
+    return {
+        "target": group.target,
+        "regime": group.regime,
+        "seed": group.seed,
+        "cells": len(strategies),
+        "wall_seconds": round(wall, 2),
+        "train_tokens": tokens,
+        "tokens_per_second": round(tokens / wall, 1) if wall > 0 else None,
+        "attention": model.config._attn_implementation if hasattr(model, "config") else None,
+        **precision.record(),
+    }
 
 
 def main() -> None:
     """Parse the group and paths dvc.yaml gives, validate params and inputs, run every cell of the group, write atomically."""
-    args = stage_args(__doc__, {
-        "group": "<target>-<regime>-<seed>, e.g. rt-over-42",
-        "lora": "run study.lora_strategies (needs --selection), else study.strategies",
-        "source": "source checkpoint folder",
-        "selection?": "selection JSON from `select` (LoRA strategies)",
-        "data": "folder of prepared splits",
-        "out": "folder of cell folders: predictions, representations, adapter",
-        "metrics": "folder of per-cell metrics JSONs",
-        "plots": "folder of per-cell layer diagnostics and curves (CSV)",
-    })
+    args = stage_args(
+        __doc__,
+        {
+            "group": "<target>-<regime>-<seed>, e.g. rt-over-42",
+            "lora": "run study.lora_strategies (needs --selection), else study.strategies",
+            "source": "source checkpoint folder",
+            "selection?": "selection JSON from `select` (LoRA strategies)",
+            "data": "folder of prepared splits",
+            "out": "folder of cell folders: predictions, representations, adapter",
+            "metrics": "folder of per-cell metrics JSONs",
+            "plots": "folder of per-cell layer diagnostics and curves (CSV)",
+        },
+    )
     params = load_params()
     group = args.group
-    strategies = expand(params.study.lora_strategies if args.lora else params.study.strategies, params.ski.random_draws)
     if args.lora and args.selection is None:
         raise InputError("the LoRA strategies need the selection JSON of `select` (--selection)")
     selection = read_json(args.selection) if args.lora else None
+    names = params.study.lora_strategies if args.lora else params.study.strategies
+    strategies = expand(names, len(selection["random"]) if selection else 0)
     if not (args.source / "config.json").is_file():
         raise InputError(f"{args.source}: no source checkpoint; run `dvc repro source@{group.source.name}` first")
 
@@ -237,7 +228,13 @@ def main() -> None:
         dirs = tuple(stack.enter_context(atomic_path(p, is_dir=True)) for p in (args.out, args.metrics, args.plots))
         stage = run_group(params, group, strategies, args.source, data, selection, device, dirs)
         write_json(dirs[1] / "stage.json", stage)
-    logger.info("%s: %d cells in %.0f s, %.0f train tokens/s", group.name, stage["cells"], stage["wall_seconds"], stage["tokens_per_second"] or 0)
+    logger.info(
+        "%s: %d cells in %.0f s, %.0f train tokens/s",
+        group.name,
+        stage["cells"],
+        stage["wall_seconds"],
+        stage["tokens_per_second"] or 0,
+    )
 
 
 if __name__ == "__main__":

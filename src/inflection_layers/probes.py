@@ -14,7 +14,6 @@ import logging
 import math
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,9 +25,9 @@ from tqdm import tqdm
 from inflection_layers.artifacts import read_npy, read_parquet, stage_args, write_csv, write_json
 from inflection_layers.cells import Cell, layer_of, locate
 from inflection_layers.cells import cells as cells_of
-from inflection_layers.cka import _is_constant
 from inflection_layers.config import Probe, load_params
 from inflection_layers.errors import run_main
+from inflection_layers.similarity import is_constant
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +40,25 @@ def _uniform(shape: tuple[int, ...], fan_in: int, g: torch.Generator) -> torch.n
     return torch.nn.Parameter((torch.rand(shape, generator=g) * 2 - 1) * bound)
 
 
-def train_probes(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray, kind: str, p: Probe, seed: int) -> dict[str, np.ndarray]:
+def train_probes(
+    X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray, kind: str, p: Probe, seed: int
+) -> dict[str, np.ndarray]:
     """Train P independent probes at once: X_train (P, N, D), y_train (P, N) int, X_eval (P, M, D), y_eval (M,).
 
     Returns accuracy (P,) on eval, train_accuracy (P,) and loss (P,) (eval cross-entropy).
     """
     Xtr, Xev = torch.as_tensor(X_train, dtype=torch.float32), torch.as_tensor(X_eval, dtype=torch.float32)
     ytr, yev = torch.as_tensor(y_train, dtype=torch.long), torch.as_tensor(y_eval, dtype=torch.long)
-    if Xtr.ndim != 3 or Xev.ndim != 3 or Xtr.shape[::2] != Xev.shape[::2] or ytr.shape != Xtr.shape[:2] or yev.shape != Xev.shape[1:2]:
-        raise ValueError(f"expected X_train (P, N, D), y_train (P, N), X_eval (P, M, D), y_eval (M,); got {tuple(Xtr.shape)}, {tuple(ytr.shape)}, {tuple(Xev.shape)}, {tuple(yev.shape)}")
+    if (
+        Xtr.ndim != 3
+        or Xev.ndim != 3
+        or Xtr.shape[::2] != Xev.shape[::2]
+        or ytr.shape != Xtr.shape[:2]
+        or yev.shape != Xev.shape[1:2]
+    ):
+        raise ValueError(
+            f"expected X_train (P, N, D), y_train (P, N), X_eval (P, M, D), y_eval (M,); got {tuple(Xtr.shape)}, {tuple(ytr.shape)}, {tuple(Xev.shape)}, {tuple(yev.shape)}"
+        )
     if kind not in KINDS:
         raise ValueError(f"unknown probe kind {kind!r}; expected one of {KINDS}")
     mean, std = Xtr.mean(1, keepdim=True), Xtr.std(1, unbiased=False, keepdim=True)
@@ -108,13 +117,15 @@ def cell_seed(cell: Cell, seed: int) -> int:
     return (zlib.crc32(cell.name.encode()) + seed) % 2**31
 
 
-def probe_cell(reps: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, eval_idx: np.ndarray, p: Probe, shuffle_seed: int) -> list[dict]:
+def probe_cell(
+    reps: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, eval_idx: np.ndarray, p: Probe, shuffle_seed: int
+) -> list[dict]:
     """Probe every non-constant layer of reps (L + 1, N, D) -> rows {layer, probe, accuracy, train_accuracy}.
 
     Probes: linear and mlp on the true labels; `<kind>_shuffled` (mean over `probe.controls` permutations,
     each layer its own); `majority`. Layers whose representation does not vary (the embeddings' [CLS]) get no rows.
     """
-    layers = [i for i in range(len(reps)) if not _is_constant(np.asarray(reps[i], dtype=np.float64))]
+    layers = [i for i in range(len(reps)) if not is_constant(np.asarray(reps[i], dtype=np.float64))]
     if not layers:
         return []
     X = np.asarray(reps[layers], dtype=np.float32)  # (P, N, D)
@@ -123,24 +134,53 @@ def probe_cell(reps: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, eval
     rows: list[dict] = []
     for kind in KINDS:
         true = train_probes(X[:, train_idx], np.tile(y_tr, (len(layers), 1)), X[:, eval_idx], y_ev, kind, p, p.seed)
-        ctrl = [train_probes(X[:, train_idx], np.stack([rng.permutation(y_tr) for _ in layers]), X[:, eval_idx], y_ev, kind, p, p.seed)
-                for _ in range(p.controls)]
+        ctrl = [
+            train_probes(
+                X[:, train_idx],
+                np.stack([rng.permutation(y_tr) for _ in layers]),
+                X[:, eval_idx],
+                y_ev,
+                kind,
+                p,
+                p.seed,
+            )
+            for _ in range(p.controls)
+        ]
         for j, i in enumerate(layers):
-            rows.append({"layer": layer_of(i), "metric": kind, "value": float(true["accuracy"][j]), "train_accuracy": float(true["train_accuracy"][j])})
-            rows.append({"layer": layer_of(i), "metric": f"{kind}_shuffled", "value": float(np.mean([c["accuracy"][j] for c in ctrl])),
-                         "train_accuracy": float(np.mean([c["train_accuracy"][j] for c in ctrl]))})
+            rows.append(
+                {
+                    "layer": layer_of(i),
+                    "metric": kind,
+                    "value": float(true["accuracy"][j]),
+                    "train_accuracy": float(true["train_accuracy"][j]),
+                }
+            )
+            rows.append(
+                {
+                    "layer": layer_of(i),
+                    "metric": f"{kind}_shuffled",
+                    "value": float(np.mean([c["accuracy"][j] for c in ctrl])),
+                    "train_accuracy": float(np.mean([c["train_accuracy"][j] for c in ctrl])),
+                }
+            )
     majority = majority_baseline(y_tr, y_ev)
-    rows += [{"layer": layer_of(i), "metric": "majority", "value": majority, "train_accuracy": majority_baseline(y_tr, y_tr)} for i in layers]
+    rows += [
+        {"layer": layer_of(i), "metric": "majority", "value": majority, "train_accuracy": majority_baseline(y_tr, y_tr)}
+        for i in layers
+    ]
     return rows
 
 
 def main() -> None:
     """Probe every analysed cell (the `none` cell is the source model); write tidy rows and per-cell summaries."""
-    args = stage_args("Stage `probes`: linear and MLP probes per layer on the analysis sample.", {
-        "cells*": "folders of fine-tuned cells (models/finetune models/finetune_lora)",
-        "table": "tidy CSV: layer, metric, value, train_accuracy, target, regime, seed, strategy, family",
-        "metrics": "per-cell summary JSON",
-    })
+    args = stage_args(
+        "Stage `probes`: linear and MLP probes per layer on the analysis sample.",
+        {
+            "cells*": "folders of fine-tuned cells (models/finetune models/finetune_lora)",
+            "table": "tidy CSV: layer, metric, value, train_accuracy, target, regime, seed, strategy, family",
+            "metrics": "per-cell summary JSON",
+        },
+    )
     params = load_params()
     p, pooling = params.probe, f"{params.analysis.pooling}.npy"
     cells = cells_of(params, analysis_only=True)
@@ -150,12 +190,23 @@ def main() -> None:
         labels = read_parquet(folder / "predictions.parquet", ["label"])["label"].to_numpy()
         if cell.group.target not in splits:  # one stratified split per target, shared by every cell
             splits[cell.group.target] = split_indices(labels, p.train_fraction, p.seed)
-        cell_rows = probe_cell(read_npy(folder / pooling), labels, *splits[cell.group.target], p, cell_seed(cell, p.seed))
+        cell_rows = probe_cell(
+            read_npy(folder / pooling), labels, *splits[cell.group.target], p, cell_seed(cell, p.seed)
+        )
         rows += [r | cell.key() for r in cell_rows]
-        summary[cell.name] = {f"best_{k}": max((r["value"] for r in cell_rows if r["metric"] == k), default=None) for k in (*KINDS, *(f"{k}_shuffled" for k in KINDS))}
+        summary[cell.name] = {
+            f"best_{k}": max((r["value"] for r in cell_rows if r["metric"] == k), default=None)
+            for k in (*KINDS, *(f"{k}_shuffled" for k in KINDS))
+        }
     write_csv(args.table, pd.DataFrame(rows))
-    write_json(args.metrics, {"cells": summary, "sizes": {t: {"train": len(a), "eval": len(b)} for t, (a, b) in splits.items()},
-                              "wall_seconds": round(time.perf_counter() - t0, 2)})
+    write_json(
+        args.metrics,
+        {
+            "cells": summary,
+            "sizes": {t: {"train": len(a), "eval": len(b)} for t, (a, b) in splits.items()},
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+        },
+    )
     logger.info("probes of %d cells in %.0f s", len(cells), time.perf_counter() - t0)
 
 

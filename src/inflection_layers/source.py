@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from inflection_layers.artifacts import atomic_path, read_parquet, stage_args, write_json
-from inflection_layers.cells import REGIMES
 from inflection_layers.config import Params, as_dict, load_params
 from inflection_layers.errors import run_main
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, save_checkpoint, seed_everything
@@ -53,7 +52,9 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
     ids = tokenize(tokenizer, train["text"], params.model.max_length)
     dev_ids = tokenize(tokenizer, dev["text"], params.model.max_length)
     labels = train["label"].tolist()
-    precision = resolve(params.model.precision, device, params.model.name, probe_step(model, ids, labels, pad, p.batch_size, device))
+    precision = resolve(
+        params.model.precision, device, params.model.name, probe_step(model, ids, labels, pad, p.batch_size, device)
+    )
     seed_everything(seed)  # the probe (if any) must not change what follows
     epochs = p.epochs(regime)
     steps_per_epoch = -(-len(ids) // p.batch_size)
@@ -70,9 +71,22 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
     model.train()
     for epoch in range(epochs):
         losses, confidences = [], []
-        for idx in iterate(bucketed_batches([len(x) for x in ids], p.batch_size, seed, epoch), f"{regime}-{seed} epoch {epoch + 1}/{epochs}"):
+        for idx in iterate(
+            bucketed_batches([len(x) for x in ids], p.batch_size, seed, epoch),
+            f"{regime}-{seed} epoch {epoch + 1}/{epochs}",
+        ):
             batch = to_device(collate(ids, idx, pad, labels), device)
-            losses.append(train_step(compute_loss, batch, optimizer, scheduler, precision=precision, max_grad_norm=p.max_grad_norm, step=step))
+            losses.append(
+                train_step(
+                    compute_loss,
+                    batch,
+                    optimizer,
+                    scheduler,
+                    precision=precision,
+                    max_grad_norm=p.max_grad_norm,
+                    step=step,
+                )
+            )
             confidences.append(float(state["confidence"]))
             tokens += int(batch["attention_mask"].sum())
             step += 1
@@ -80,38 +94,75 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
             continue
         probs = predict(model, dev_ids, p.eval_batch_size, pad, device, precision)["probs"]
         acc, loss = accuracy_and_loss(probs, dev["label"].tolist())
-        curve.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)), "train_confidence": float(np.mean(confidences)),
-                      "dev_accuracy": acc, "dev_loss": loss, "dev_confidence": float(probs.max(1).mean())})
-        logger.info("%s-%d epoch %d: train loss %.4f, SST-2 dev accuracy %.4f", regime, seed, epoch + 1, np.mean(losses), acc)
+        curve.append(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": float(np.mean(losses)),
+                "train_confidence": float(np.mean(confidences)),
+                "dev_accuracy": acc,
+                "dev_loss": loss,
+                "dev_confidence": float(probs.max(1).mean()),
+            }
+        )
+        logger.info(
+            "%s-%d epoch %d: train loss %.4f, SST-2 dev accuracy %.4f", regime, seed, epoch + 1, np.mean(losses), acc
+        )
     wall = time.perf_counter() - t0
     last = curve[-1]
     metrics = {
-        "regime": regime, "seed": seed, "epochs": epochs, "steps": step, "train_examples": len(ids),
-        "dev_accuracy": last["dev_accuracy"], "dev_loss": last["dev_loss"], "dev_confidence": last["dev_confidence"],
-        "train_loss": last["train_loss"], "train_confidence": last["train_confidence"],
-        "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / wall, 1), "device": device.type,
-        **precision.record(), "curve": curve,
+        "regime": regime,
+        "seed": seed,
+        "epochs": epochs,
+        "steps": step,
+        "train_examples": len(ids),
+        "dev_accuracy": last["dev_accuracy"],
+        "dev_loss": last["dev_loss"],
+        "dev_confidence": last["dev_confidence"],
+        "train_loss": last["train_loss"],
+        "train_confidence": last["train_confidence"],
+        "wall_seconds": round(wall, 2),
+        "tokens_per_second": round(tokens / wall, 1),
+        "device": device.type,
+        **precision.record(),
+        "curve": curve,
     }
     return model, tokenizer, metrics
 
 
 def main() -> None:
     """Parse the cell and paths dvc.yaml gives, validate params, train, save atomically."""
-    args = stage_args(__doc__, {
-        "regime": "regime",
-        "seed": "seed",
-        "data": "folder of prepared splits",
-        "out": "checkpoint folder",
-        "metrics": "metrics JSON of this source model",
-    })
+    args = stage_args(
+        __doc__,
+        {
+            "regime": "regime",
+            "seed": "seed",
+            "data": "folder of prepared splits",
+            "out": "checkpoint folder",
+            "metrics": "metrics JSON of this source model",
+        },
+    )
     params = load_params()
 
     model, tokenizer, metrics = train_source(params, args.regime, args.seed, args.data)
-    resolved = {"regime": args.regime, "seed": args.seed, "model": as_dict(params.model), "source": as_dict(params.source), "data": as_dict(params.data)}
+    resolved = {
+        "regime": args.regime,
+        "seed": args.seed,
+        "model": as_dict(params.model),
+        "source": as_dict(params.source),
+        "data": as_dict(params.data),
+    }
     with atomic_path(args.out, is_dir=True) as tmp:
         save_checkpoint(model, tokenizer, tmp, resolved)
     write_json(args.metrics, metrics)
-    logger.info("%s-%d: SST-2 dev accuracy %.4f, train loss %.4f, %.0f s", args.regime, args.seed, metrics["dev_accuracy"], metrics["train_loss"], metrics["wall_seconds"])
+    logger.info(
+        "%s-%d: SST-2 dev accuracy %.4f, train loss %.4f, %.0f s",
+        args.regime,
+        args.seed,
+        metrics["dev_accuracy"],
+        metrics["train_loss"],
+        metrics["wall_seconds"],
+    )
 
 
 if __name__ == "__main__":

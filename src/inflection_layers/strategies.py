@@ -10,12 +10,13 @@
 | lora_selective   | peft LoRA on `lora.targets` of the SKI band + head                          |
 | lora_all         | the same LoRA on every layer + head                                         |
 | lora_random_<d>  | the same LoRA on random band d of the SKI band's size + head (the control)  |
+| lora_top         | the same LoRA on the top k layers, k = the SKI band's size (the naive band)  |
 | lora_complement  | the same LoRA on the layers SKI rates lowest, outside its band              |
 | lora_rgn         | the same LoRA on the top layers by relative gradient norm (Auto-RGN)        |
 | lora_cka         | the same LoRA on the top layers by representation change (1 - CKA in/out)   |
 
 Which layers each LoRA strategy adapts is data computed by `select` (:func:`lora_layers`); the
-architecture's module names come from :data:`inflection_layers.modeling.ARCHS`.
+architecture's module names come from :data:`inflection_layers.archs.ARCHS`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from collections.abc import Callable
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
+from inflection_layers.archs import arch
 from inflection_layers.cells import family, is_lora
 from inflection_layers.config import Lora
-from inflection_layers.modeling import arch
 
 logger = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 SELECTION_KEYS = {  # LoRA family -> its key in the selection JSON of `select`
     "lora_selective": "band",
+    "lora_top": "top",
     "lora_complement": "complement",
     "lora_rgn": "rgn",
     "lora_cka": "cka",
@@ -59,7 +61,9 @@ def lora_layers(strategy: str, num_layers: int, selection: dict) -> list[int]:
     return list(selection[SELECTION_KEYS[name]])
 
 
-def apply_strategy(model: nn.Module, strategy: str, *, shallow_k: int, lora: Lora | None = None, layers: list[int] | None = None) -> nn.Module:
+def apply_strategy(
+    model: nn.Module, strategy: str, *, shallow_k: int, lora: Lora | None = None, layers: list[int] | None = None
+) -> nn.Module:
     """Make exactly the strategy's parameters trainable; LoRA strategies return a peft model.
 
     `layers` are the encoder layers LoRA adapts (peft's `layers_to_transform`), required for LoRA.

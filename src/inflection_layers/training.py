@@ -29,7 +29,9 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_lengt
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
-def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket: int = 50) -> list[np.ndarray]:
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket: int = 50
+) -> list[np.ndarray]:
     """Shuffled batches of example indices, each drawn from a pool of similar lengths.
 
     Shuffle all indices with (seed, epoch); sort each run of `bucket * batch_size` by length; cut into
@@ -57,7 +59,9 @@ def batch_stream(lengths: Sequence[int], batch_size: int, seed: int, steps: int)
     return out[:steps]
 
 
-def collate(ids: Sequence[Sequence[int]], idx: Iterable[int], pad_id: int, labels: Sequence[int] | None = None) -> dict[str, Tensor]:
+def collate(
+    ids: Sequence[Sequence[int]], idx: Iterable[int], pad_id: int, labels: Sequence[int] | None = None
+) -> dict[str, Tensor]:
     """Pad the examples `idx` to their longest: input_ids, attention_mask (B, T) and labels (B,)."""
     idx = list(idx)
     T = max(len(ids[i]) for i in idx)
@@ -84,12 +88,18 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
         raise ValueError("no trainable parameters: nothing to optimise")
     decay = [p for _, p in named if p.ndim >= 2]
     no_decay = [p for _, p in named if p.ndim < 2]
-    groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
     fused = named[0][1].device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' linear-decay or constant schedule after `warmup_ratio * total_steps` warm-up steps."""
     warmup = int(round(warmup_ratio * total_steps))
     if schedule == "linear":
@@ -167,10 +177,14 @@ def predict(
             h = torch.stack(res.hidden_states).float()  # (L + 1, B, T, D)
             m = batch["attention_mask"][None, :, :, None].to(h.dtype)  # (1, B, T, 1)
             for name, x in (("cls", h[:, :, 0]), ("mean", (h * m).sum(2) / m.sum(2))):  # (L + 1, B, D) each
-                out.setdefault(name, np.zeros((x.shape[0], len(ids), x.shape[2]), dtype=np.float16))[:, idx] = x.half().cpu().numpy()
+                out.setdefault(name, np.zeros((x.shape[0], len(ids), x.shape[2]), dtype=np.float16))[:, idx] = (
+                    x.half().cpu().numpy()
+                )
         if head_input:
             last = res.hidden_states[-1][:, :1].float()  # (B, 1, D)
-            out.setdefault("head_input", np.zeros((len(ids), 1, last.shape[2]), dtype=np.float32))[idx] = last.cpu().numpy()
+            out.setdefault("head_input", np.zeros((len(ids), 1, last.shape[2]), dtype=np.float32))[idx] = (
+                last.cpu().numpy()
+            )
     model.train(was_training)
     return out
 
@@ -182,7 +196,14 @@ def accuracy_and_loss(probs: np.ndarray, labels: Sequence[int]) -> tuple[float, 
     return float((probs.argmax(1) == y).mean()), float(nll.mean())
 
 
-def probe_step(model: nn.Module, ids: Sequence[Sequence[int]], labels: Sequence[int], pad_id: int, batch_size: int, device: torch.device) -> Callable[[str], None]:
+def probe_step(
+    model: nn.Module,
+    ids: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+) -> Callable[[str], None]:
     """A representative forward + backward of `model` at `batch_size`, under a named precision, for :func:`precision.resolve`'s probe."""
     idx = np.argsort([len(x) for x in ids])[len(ids) // 2 :][:batch_size]
     batch = to_device(collate(ids, idx, pad_id, labels), device)

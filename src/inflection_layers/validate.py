@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from inflection_layers.archs import ARCHS, model_config
 from inflection_layers.artifacts import stage_args, write_json
 from inflection_layers.cells import expand, family
 from inflection_layers.config import Params, load_params
 from inflection_layers.data import SPLIT_SIZES, SST2_TRAIN_SIZE
-from inflection_layers.errors import DataError, ModelError, ParamError, run_main
+from inflection_layers.errors import DataError, ParamError, run_main
 from inflection_layers.hub import hub_unreachable
-from inflection_layers.modeling import ARCHS, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -28,42 +28,69 @@ CONTENT = {"params": "valid"}  # the output's content: constant while the parame
 
 
 def model_shape(name: str) -> tuple[str, int]:
-    """(model_type, number of layers) from the model's config.json, without loading weights."""
-    from transformers import AutoConfig
-
-    path = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=Path(path).is_dir())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"model.name = {name!r}: its config cannot be read ({str(e).splitlines()[0]})") from e
-    return config.model_type, config.num_hidden_layers
+    """(model_type, number of layers) from the model's config.json, without loading weights or importing torch."""
+    config = model_config(name)
+    return str(config.get("model_type")), int(config.get("num_hidden_layers", 0))
 
 
 def check(params: Params, model_type: str, num_layers: int) -> None:
     """Every constraint between sections, the model and the data; raises ParamError naming the key."""
+
     def need(ok: bool, key: str, value: object, allowed: str) -> None:
         if not ok:
             raise ParamError(key, value, allowed)
 
     model = f"(the model {params.model.name!r} has {num_layers} layers)"
-    need(model_type in ARCHS, "model.name", params.model.name, f"a model of a supported family {sorted(ARCHS)}; this one is {model_type!r}")
-    need(params.finetune.shallow_k <= num_layers, "finetune.shallow_k", params.finetune.shallow_k, f"an integer in [1, {num_layers}] {model}")
-    need(params.ski.max_band is None or params.ski.max_band <= num_layers, "ski.max_band", params.ski.max_band, f"null or an integer in [1, {num_layers}] {model}")
-    need(params.data.sst2_subsample <= SST2_TRAIN_SIZE, "data.sst2_subsample", params.data.sst2_subsample, f"an integer in [0, {SST2_TRAIN_SIZE:,}] (0 = all)")
+    need(
+        model_type in ARCHS,
+        "model.name",
+        params.model.name,
+        f"a model of a supported family {sorted(ARCHS)}; this one is {model_type!r}",
+    )
+    need(
+        params.finetune.shallow_k <= num_layers,
+        "finetune.shallow_k",
+        params.finetune.shallow_k,
+        f"an integer in [1, {num_layers}] {model}",
+    )
+    need(
+        params.ski.max_band is None or params.ski.max_band <= num_layers,
+        "ski.max_band",
+        params.ski.max_band,
+        f"null or an integer in [1, {num_layers}] {model}",
+    )
+    need(
+        params.data.sst2_subsample <= SST2_TRAIN_SIZE,
+        "data.sst2_subsample",
+        params.data.sst2_subsample,
+        f"an integer in [0, {SST2_TRAIN_SIZE:,}] (0 = all)",
+    )
     run = {family(s) for s in expand(params.study.strategies + params.study.lora_strategies, 1)}
     for s in params.analysis.strategies:
         need(s in run, "analysis.strategies", s, f"strategies the study runs: {sorted(run)}")
     for target in params.study.targets:
         sizes = SPLIT_SIZES[target]
-        need(params.diagnose.batches * params.diagnose.batch_size <= sizes["train"], "diagnose.batches", params.diagnose.batches,
-             f"at most {sizes['train'] // params.diagnose.batch_size} batches of {params.diagnose.batch_size} ({target} train has {sizes['train']:,} examples)")
+        need(
+            params.diagnose.batches * params.diagnose.batch_size <= sizes["train"],
+            "diagnose.batches",
+            params.diagnose.batches,
+            f"at most {sizes['train'] // params.diagnose.batch_size} batches of {params.diagnose.batch_size} ({target} train has {sizes['train']:,} examples)",
+        )
         for split in params.finetune.eval_splits:
-            need(params.data.eval_subsample <= sizes[split], "data.eval_subsample", params.data.eval_subsample,
-                 f"0 (all) or at most {sizes[split]:,} ({target} {split} has {sizes[split]:,} examples)")
+            need(
+                params.data.eval_subsample <= sizes[split],
+                "data.eval_subsample",
+                params.data.eval_subsample,
+                f"0 (all) or at most {sizes[split]:,} ({target} {split} has {sizes[split]:,} examples)",
+            )
         sample = sum(min(params.data.eval_subsample or sizes[s], sizes[s]) for s in params.finetune.eval_splits)
         for share, what in ((params.probe.train_fraction, "train"), (1 - params.probe.train_fraction, "evaluate")):
-            need(share * sample >= 20, "probe.train_fraction", params.probe.train_fraction,
-                 f"a share that leaves at least 20 sentences to {what} on ({target}'s analysis sample has {sample:,})")
+            need(
+                share * sample >= 20,
+                "probe.train_fraction",
+                params.probe.train_fraction,
+                f"a share that leaves at least 20 sentences to {what} on ({target}'s analysis sample has {sample:,})",
+            )
 
 
 def check_data_source(params: Params) -> None:
@@ -72,23 +99,32 @@ def check_data_source(params: Params) -> None:
     if where.is_dir() or params.data.source == "hub":
         return
     if params.data.source == "local":
-        raise DataError(f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing, and data.source is 'local'")
+        raise DataError(
+            f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing, and data.source is 'local'"
+        )
     if why := hub_unreachable():
-        raise DataError(f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing and the Hugging Face hub is unreachable "
-                        f"({why}); point data.dir at the offline copies or go online")
+        raise DataError(
+            f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing and the Hugging Face hub is unreachable "
+            f"({why}); point data.dir at the offline copies or go online"
+        )
 
 
 def main() -> None:
     """Validate params.yaml completely; write the constant marker file only when it passes."""
-    args = stage_args("Stage `validate`: check every parameter before any stage runs.", {
-        "out": "the marker file every stage depends on",
-    })
+    args = stage_args(
+        "Stage `validate`: check every parameter before any stage runs.",
+        {
+            "out": "the marker file every stage depends on",
+        },
+    )
     params = load_params()
     model_type, num_layers = model_shape(params.model.name)
     check(params, model_type, num_layers)
     check_data_source(params)
     write_json(args.out, CONTENT)
-    logger.info("params.yaml is valid (profile %s; model %s, %d layers)", params.study.profile, params.model.name, num_layers)
+    logger.info(
+        "params.yaml is valid (profile %s; model %s, %d layers)", params.study.profile, params.model.name, num_layers
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark (not a test): the fine-tuning engine's choices, each measured side by side in one run on this machine.
 
-Run from the repository root after `dvc repro prepare`:  python -m inflection_layers.benchmark [--base] [--dvc]
+Run from the repository root after `dvc repro prepare`:  python -m inflection_layers.tools.benchmark [--base] [--dvc]
 It prints, on the same model, data and batches:
   (a) precision: a training step in bf16 autocast against fp32, with the loss difference, and what
       `model.precision: auto` resolves to here (and why);
@@ -21,7 +21,6 @@ it does not pay for itself within a stage, so the engine does not use it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import statistics
 import subprocess
@@ -29,18 +28,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inflection_layers.archs import arch
 from inflection_layers.artifacts import read_parquet
 from inflection_layers.config import load_params
 from inflection_layers.diagnostics import measure
 from inflection_layers.errors import run_main
-from inflection_layers.modeling import arch, load_model, load_tokenizer, pick_device, seed_everything
+from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
 from inflection_layers.precision import BF16_CPU_FLAGS, Precision, bf16_cpu_flags, cpu_info, resolve
 from inflection_layers.strategies import apply_strategy
-from inflection_layers.training import batch_stream, collate, make_optimizer, make_scheduler, predict, probe_step, to_device, tokenize, train_step
+from inflection_layers.training import (
+    batch_stream,
+    collate,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    probe_step,
+    to_device,
+    tokenize,
+    train_step,
+)
 
 FP32 = Precision("fp32", "cpu", "benchmark")
 BF16 = Precision("bf16", "cpu", "benchmark")
@@ -107,14 +116,31 @@ def head_cell(b: Bench, model: torch.nn.Module, precision: Precision, frozen: bo
     head = arch(model).head_forward
     if not frozen:
         for i in range(b.steps):
-            train_step(lambda d: model(**d).loss, b.batch(i), opt, sched, precision=precision, max_grad_norm=None, step=i)
+            train_step(
+                lambda d: model(**d).loss, b.batch(i), opt, sched, precision=precision, max_grad_norm=None, step=i
+            )
         return time.perf_counter() - t0, b.tokens(b.steps)
     used = sorted({j for i in range(b.steps) for j in b.stream[i]})
-    feats = dict(zip(used, torch.from_numpy(predict(model, [b.ids[j] for j in used], 128, b.pad, b.device, precision, head_input=True)["head_input"])))
+    feats = dict(
+        zip(
+            used,
+            torch.from_numpy(
+                predict(model, [b.ids[j] for j in used], 128, b.pad, b.device, precision, head_input=True)["head_input"]
+            ),
+        )
+    )
     for i in range(b.steps):
         idx = b.stream[i]
         batch = {"x": torch.stack([feats[j] for j in idx]), "y": torch.tensor([b.labels[j] for j in idx])}
-        train_step(lambda d: F.cross_entropy(head(model, d["x"]), d["y"]), batch, opt, sched, precision=precision, max_grad_norm=1.0, step=i)
+        train_step(
+            lambda d: F.cross_entropy(head(model, d["x"]), d["y"]),
+            batch,
+            opt,
+            sched,
+            precision=precision,
+            max_grad_norm=1.0,
+            step=i,
+        )
     return time.perf_counter() - t0, sum(len(b.ids[j]) for j in used)
 
 
@@ -143,17 +169,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    parser.add_argument("--base", action="store_true", help="also time the 12-layer base encoder (assembles it if needed)")
+    parser.add_argument(
+        "--base", action="store_true", help="also time the 12-layer base encoder (assembles it if needed)"
+    )
     parser.add_argument("--dvc", action="store_true", help="also time a no-op `dvc repro` (after a complete run)")
     args = parser.parse_args()
     params = load_params()
     b = Bench(params.model.name, args.data, args.steps, params.finetune.batch_size, params.lora)
     cpu, bf16_flags = cpu_info()[0], bf16_cpu_flags()
-    print(f"{cpu or 'unknown CPU'}, bf16 flags {bf16_flags or 'none'}; device {b.device.type}, {torch.get_num_threads()} threads; "
-          f"model {params.model.name}; batch {params.finetune.batch_size}; {args.steps} timed steps per variant")
+    print(
+        f"{cpu or 'unknown CPU'}, bf16 flags {bf16_flags or 'none'}; device {b.device.type}, {torch.get_num_threads()} threads; "
+        f"model {params.model.name}; batch {params.finetune.batch_size}; {args.steps} timed steps per variant"
+    )
 
     model = b.model()
-    auto = resolve("auto", b.device, params.model.name, probe_step(model, b.ids, b.labels, b.pad, params.finetune.batch_size, b.device))
+    auto = resolve(
+        "auto",
+        b.device,
+        params.model.name,
+        probe_step(model, b.ids, b.labels, b.pad, params.finetune.batch_size, b.device),
+    )
     t32 = median_time(b.stepper(b.model(), FP32), args.steps)
     t16 = median_time(b.stepper(b.model(), BF16), max(3, args.steps // 2))
     with torch.no_grad():
@@ -162,40 +197,60 @@ def main() -> None:
         l32 = model(**batch).loss.item()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             l16 = model(**batch).loss.item()
-    print(f"\n(a) precision, step of `full`: fp32 {t32:.3f} s, bf16 {t16:.3f} s: bf16 is {t32 / t16:.2f}x fp32's speed; "
-          f"|loss bf16 - fp32| on one batch {abs(l16 - l32):.1e}\n    auto resolves to {auto.name}: {auto.reason}")
+    print(
+        f"\n(a) precision, step of `full`: fp32 {t32:.3f} s, bf16 {t16:.3f} s: bf16 is {t32 / t16:.2f}x fp32's speed; "
+        f"|loss bf16 - fp32| on one batch {abs(l16 - l32):.1e}\n    auto resolves to {auto.name}: {auto.reason}"
+    )
     work = auto if auto.name == "bf16" else FP32
 
     t_eager = median_time(b.stepper(b.model(attn="eager"), work), args.steps)
     t_sdpa = median_time(b.stepper(b.model(attn=None), work), args.steps)
     ev_model = {impl: b.model("none", impl).eval() for impl in ("eager", None)}
-    e_eager, e_sdpa = (median_time(lambda i, m=m: predict(m, b.eval_ids, 128, b.pad, b.device, work), 3, 1) for m in ev_model.values())
-    print(f"\n(b) attention kernel: training step eager {t_eager:.3f} s, SDPA {t_sdpa:.3f} s ({t_eager / t_sdpa:.2f}x); "
-          f"evaluation of {len(b.eval_ids)} sentences eager {e_eager:.2f} s, SDPA {e_sdpa:.2f} s ({e_eager / e_sdpa:.2f}x)")
+    e_eager, e_sdpa = (
+        median_time(lambda i, m=m: predict(m, b.eval_ids, 128, b.pad, b.device, work), 3, 1) for m in ev_model.values()
+    )
+    print(
+        f"\n(b) attention kernel: training step eager {t_eager:.3f} s, SDPA {t_sdpa:.3f} s ({t_eager / t_sdpa:.2f}x); "
+        f"evaluation of {len(b.eval_ids)} sentences eager {e_eager:.2f} s, SDPA {e_sdpa:.2f} s ({e_eager / e_sdpa:.2f}x)"
+    )
 
     t_old, tok = group_work(b, new=False, precision=FP32)
     t_new, tok_new = group_work(b, new=True, precision=work)
     recompute = statistics.median(head_cell(b, b.model("none").eval(), work, frozen=False)[0] for _ in range(3))
     once = statistics.median(head_cell(b, b.model("none").eval(), work, frozen=True)[0] for _ in range(3))
-    print(f"\n(c) frozen encoder: the `head` cell's {args.steps} steps recomputing the encoder {recompute:.2f} s, on features computed "
-          f"once {once:.2f} s ({recompute / once:.2f}x; median of 3)")
+    print(
+        f"\n(c) frozen encoder: the `head` cell's {args.steps} steps recomputing the encoder {recompute:.2f} s, on features computed "
+        f"once {once:.2f} s ({recompute / once:.2f}x; median of 3)"
+    )
     t_off = median_time(b.stepper(b.model(), work), args.steps)
     t_on = median_time(b.stepper(b.model(), work, diag=True), max(3, args.steps // 2))
     every = params.finetune.diag_every
-    print(f"\n(d) diagnostics: step {t_off:.3f} s without, {t_on:.3f} s with the measurement ({t_on / t_off:.2f}x on a diagnostic step; "
-          f"{1 + (t_on / t_off - 1) / every:.3f}x amortised at diag_every {every})")
-    print(f"\n(e) total, one group's work ({args.steps} steps per trained cell, {len(b.eval_ids)} evaluation sentences per cell):\n"
-          f"    previous engine {t_old:.1f} s ({tok / t_old:,.0f} real tokens/s); this engine {t_new:.1f} s ({tok_new / t_new:,.0f} real tokens/s): "
-          f"{(tok_new / t_new) / (tok / t_old):.2f}x")
+    print(
+        f"\n(d) diagnostics: step {t_off:.3f} s without, {t_on:.3f} s with the measurement ({t_on / t_off:.2f}x on a diagnostic step; "
+        f"{1 + (t_on / t_off - 1) / every:.3f}x amortised at diag_every {every})"
+    )
+    print(
+        f"\n(e) total, one group's work ({args.steps} steps per trained cell, {len(b.eval_ids)} evaluation sentences per cell):\n"
+        f"    previous engine {t_old:.1f} s ({tok / t_old:,.0f} real tokens/s); this engine {t_new:.1f} s ({tok_new / t_new:,.0f} real tokens/s): "
+        f"{(tok_new / t_new) / (tok / t_old):.2f}x"
+    )
 
     if args.base:
         bf16_hardware = b.device.type == "cuda" or bool(bf16_flags)
         for name in (params.model.name, "packaged-base"):
             base = Bench(name, args.data, args.steps, params.finetune.batch_size, params.lora)
-            kinds = (FP32, BF16) if bf16_hardware else (FP32,)  # without bf16 hardware, (a) already shows bf16 many times slower
+            kinds = (
+                (FP32, BF16) if bf16_hardware else (FP32,)
+            )  # without bf16 hardware, (a) already shows bf16 many times slower
             times = {p.name: median_time(base.stepper(base.model(), p), max(3, args.steps // 2)) for p in kinds}
-            bf16 = f"bf16 {times['bf16']:.3f} s" if "bf16" in times else f"bf16 not timed (no {' or '.join(BF16_CPU_FLAGS)})"
-            print(f"\n(f) {name}: training step at batch {params.finetune.batch_size}: fp32 {times['fp32']:.3f} s, {bf16}")
+            bf16 = (
+                f"bf16 {times['bf16']:.3f} s"
+                if "bf16" in times
+                else f"bf16 not timed (no {' or '.join(BF16_CPU_FLAGS)})"
+            )
+            print(
+                f"\n(f) {name}: training step at batch {params.finetune.batch_size}: fp32 {times['fp32']:.3f} s, {bf16}"
+            )
 
     if args.dvc:
         t0 = time.perf_counter()

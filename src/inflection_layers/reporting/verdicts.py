@@ -1,8 +1,8 @@
 """The verdict rules of the report, all in one place. Four words only: see ``VERDICTS``.
 
 Every difference is A - B, a fraction of 1, over seeds; (low, high) is the two-sided t-interval of the
-per-seed differences (:func:`inflection_layers.stats.seed_interval`), except for ``equivalent``, which
-takes TOST's (1 - 2 alpha) interval (:func:`inflection_layers.stats.equivalence_test`). A nan interval
+per-seed differences (:func:`inflection_layers.reporting.stats.seed_interval`), except for ``equivalent``, which
+takes TOST's (1 - 2 alpha) interval (:func:`inflection_layers.reporting.stats.equivalence_test`). A nan interval
 (fewer than 2 seeds) is always Inconclusive. Rules are tried top to bottom; the first that holds wins.
 
 ==============  ====================================  ===============================================  ==============
@@ -17,7 +17,7 @@ at_least        low > -margin                         high < -margin            
 
 ``effect`` (> 0) is the difference the claim is about: the paper's own stated difference, else the
 smallest effect of interest; ``effect=None`` (a claim whose paper states no size) keeps only the direction:
-Not reproduced only when the interval excludes 0 on the other side; ``mde`` is the detectable effect (:func:`inflection_layers.stats.detectable_effect`):
+Not reproduced only when the interval excludes 0 on the other side; ``mde`` is the detectable effect (:func:`inflection_layers.reporting.stats.detectable_effect`):
 an interval that excludes ``effect`` only counts against the claim when the study could detect it.
 ``less`` is ``greater`` with A and B swapped. Claims made of several parts: :func:`combine`; claims on
 categories (a layer, a band), not on a difference: :func:`categorical`; the equivalence margin:
@@ -158,5 +158,8 @@ def equivalence_margin(paper_std: float | None, smallest_interpreted_difference:
         return float(paper_std), f"the paper's own seed std ({100 * paper_std:.2f} points)"
     d = smallest_interpreted_difference
     if not _nan(d) and d > 0:
-        return d / 2, f"half the smallest difference the paper interprets ({100 * d:.2f} points / 2 = {50 * d:.2f} points)"
+        return (
+            d / 2,
+            f"half the smallest difference the paper interprets ({100 * d:.2f} points / 2 = {50 * d:.2f} points)",
+        )
     raise ValueError("no equivalence margin: the paper states neither a seed std nor a difference it interprets")

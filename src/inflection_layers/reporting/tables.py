@@ -14,10 +14,10 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from inflection_layers.bands import METHODS, select_band
 from inflection_layers.cells import EVAL_SPLITS, LORA_STRATEGIES, draw, family
-from inflection_layers.paper import PAPER_TARGET, Paper, bert_base_parameters, lora_parameters
-from inflection_layers.select import METHODS, select_band
-from inflection_layers.stats import compare_arms, holm, seed_interval
+from inflection_layers.reporting.paper import PAPER_TARGET, Paper, bert_base_parameters, lora_parameters
+from inflection_layers.reporting.stats import compare_arms, holm, seed_interval
 
 SUBSETS = {"clean_source": "in_source", "clean_sst2": "in_sst2", "clean_phrase": "phrase_covered"}
 SEL = "lora_selective"
@@ -45,13 +45,28 @@ def accuracy_table(targets: dict[str, tuple[pd.DataFrame, dict]]) -> pd.DataFram
     for target, (examples, correct) in targets.items():
         for (split, subset), mask in eval_sets(examples).items():
             for (regime, seed, strategy), right in correct.items():
-                rows.append({"target": target, "regime": regime, "seed": seed, "strategy": strategy, "family": family(strategy),
-                             "split": split, "subset": subset, "n": int(mask.sum()), "accuracy": float(right[mask].mean())})
-    acc = pd.DataFrame(rows, columns=["target", "regime", "seed", "strategy", "family", "split", "subset", "n", "accuracy"])
+                rows.append(
+                    {
+                        "target": target,
+                        "regime": regime,
+                        "seed": seed,
+                        "strategy": strategy,
+                        "family": family(strategy),
+                        "split": split,
+                        "subset": subset,
+                        "n": int(mask.sum()),
+                        "accuracy": float(right[mask].mean()),
+                    }
+                )
+    acc = pd.DataFrame(
+        rows, columns=["target", "regime", "seed", "strategy", "family", "split", "subset", "n", "accuracy"]
+    )
     draws = acc[acc["family"] == "lora_random"]
     if len(draws):
         mean = draws.groupby(["target", "regime", "seed", "split", "subset", "n"], as_index=False)["accuracy"].mean()
-        acc = pd.concat([acc, mean.assign(strategy="lora_random", family="lora_random")[acc.columns]], ignore_index=True)
+        acc = pd.concat(
+            [acc, mean.assign(strategy="lora_random", family="lora_random")[acc.columns]], ignore_index=True
+        )
     return acc
 
 
@@ -85,7 +100,7 @@ def comparisons(targets: dict[str, tuple[pd.DataFrame, dict]], rep) -> pd.DataFr
     rows = []
     for target, (examples, correct) in targets.items():
         strategies: dict[str, list[str]] = {}
-        for (regime, _, strategy) in correct:
+        for regime, _, strategy in correct:
             strategies.setdefault(regime, [])
             if strategy not in strategies[regime]:
                 strategies[regime].append(strategy)
@@ -94,15 +109,36 @@ def comparisons(targets: dict[str, tuple[pd.DataFrame, dict]], rep) -> pd.DataFr
             if subset != "all" and mask.sum() >= sets[(split, "all")].sum():
                 continue  # the clean subset is every sentence: nothing to add
             for fam, (ra, sa), (rb, sb) in comparison_pairs(strategies):
-                seeds = sorted({s for (r, s, x) in correct if r == ra and x == sa} & {s for (r, s, x) in correct if r == rb and x == sb})
+                seeds = sorted(
+                    {s for (r, s, x) in correct if r == ra and x == sa}
+                    & {s for (r, s, x) in correct if r == rb and x == sb}
+                )
                 if not seeds:
                     continue
                 a = np.stack([correct[(ra, s, sa)][mask] for s in seeds])
                 b = np.stack([correct[(rb, s, sb)][mask] for s in seeds])
-                c = compare_arms(a, b, n_boot=rep.bootstrap, confidence=rep.confidence, alpha=rep.alpha, power=rep.power, seed=rep.seed)
+                c = compare_arms(
+                    a,
+                    b,
+                    n_boot=rep.bootstrap,
+                    confidence=rep.confidence,
+                    alpha=rep.alpha,
+                    power=rep.power,
+                    seed=rep.seed,
+                )
                 c.pop("diffs")
-                rows.append({"target": target, "split": split, "subset": subset, "family": fam, "a": f"{ra}/{sa}", "b": f"{rb}/{sb}",
-                             "seeds": ";".join(map(str, seeds)), **c})
+                rows.append(
+                    {
+                        "target": target,
+                        "split": split,
+                        "subset": subset,
+                        "family": fam,
+                        "a": f"{ra}/{sa}",
+                        "b": f"{rb}/{sb}",
+                        "seeds": ";".join(map(str, seeds)),
+                        **c,
+                    }
+                )
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -132,10 +168,21 @@ def table1(acc: pd.DataFrame, cells: pd.DataFrame, paper: Paper, params, confide
         for (split, subset), g in a.groupby(["split", "subset"], sort=False):
             si = seed_interval(g.sort_values("seed")["accuracy"].to_numpy(), confidence)
             key = f"{split}_{subset}"
-            row |= {f"{key}_n": int(g["n"].max()), f"{key}_mean": 100 * si["mean"], f"{key}_std": 100 * si["sd"],
-                    f"{key}_ci_low": 100 * si["low"], f"{key}_ci_high": 100 * si["high"]}
-        d = acc[(acc["target"] == target) & (acc["regime"] == regime) & (acc["family"] == fam) & (acc["strategy"] != fam)
-                & (acc["split"] == a["split"].iloc[0]) & (acc["subset"] == "all")]
+            row |= {
+                f"{key}_n": int(g["n"].max()),
+                f"{key}_mean": 100 * si["mean"],
+                f"{key}_std": 100 * si["sd"],
+                f"{key}_ci_low": 100 * si["low"],
+                f"{key}_ci_high": 100 * si["high"],
+            }
+        d = acc[
+            (acc["target"] == target)
+            & (acc["regime"] == regime)
+            & (acc["family"] == fam)
+            & (acc["strategy"] != fam)
+            & (acc["split"] == a["split"].iloc[0])
+            & (acc["subset"] == "all")
+        ]
         if len(d):
             per_draw = d.groupby("strategy")["accuracy"].mean()
             row |= {"draws": len(per_draw), "draws_min": 100 * per_draw.min(), "draws_max": 100 * per_draw.max()}
@@ -145,11 +192,21 @@ def table1(acc: pd.DataFrame, cells: pd.DataFrame, paper: Paper, params, confide
             row |= {"params_min": lo, "params_max": hi, "params": params_text(lo, hi)}
         if target == PAPER_TARGET:
             m, s = paper.accuracy(regime, fam)
-            row |= {"paper_mean": None if m is None else 100 * m, "paper_std": None if s is None else 100 * s,
-                    "paper": "" if m is None else f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}")}
+            row |= {
+                "paper_mean": None if m is None else 100 * m,
+                "paper_std": None if s is None else 100 * s,
+                "paper": "" if m is None else f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}"),
+            }
         stated = paper.stated_parameters(fam)
-        exact = [bert_base_parameters(fam, rank, len(params.lora.targets), k, paper.band(), pooler=pool) for pool in (False, True)]
-        row |= {"paper_params_stated": stated, "bert_base_params": exact[0], "bert_base_params_pooler": exact[1] if fam == "shallow" else None}
+        exact = [
+            bert_base_parameters(fam, rank, len(params.lora.targets), k, paper.band(), pooler=pool)
+            for pool in (False, True)
+        ]
+        row |= {
+            "paper_params_stated": stated,
+            "bert_base_params": exact[0],
+            "bert_base_params_pooler": exact[1] if fam == "shallow" else None,
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -159,7 +216,11 @@ def infer_width(cells: pd.DataFrame, rank: int, targets: int, labels: int = 2) -
     targets x 2 x rank x width per layer, whatever the head; else a BERT head-only cell (width x labels + labels)."""
     if len(cells) and "lora_layers" in cells:
         lora = cells[cells["family"].isin(LORA_STRATEGIES)]
-        sizes = {len(x): int(p) for x, p in zip(lora["lora_layers"], lora["trainable_parameters"]) if isinstance(x, (list, tuple, np.ndarray))}
+        sizes = {
+            len(x): int(p)
+            for x, p in zip(lora["lora_layers"], lora["trainable_parameters"])
+            if isinstance(x, (list, tuple, np.ndarray))
+        }
         if len(sizes) >= 2:
             (n1, p1), (n2, p2) = sorted(sizes.items())[:2]
             step = targets * 2 * rank * (n2 - n1)
@@ -176,18 +237,32 @@ def parameters_table(cells: pd.DataFrame, paper: Paper, params, width: int | Non
     the exact arithmetic for bert-base (shallow with and without the pooler) and the paper's own note."""
     rank, t, k = params.lora.rank, len(params.lora.targets), params.finetune.shallow_k
     heads = cells.loc[cells["family"] == "head", "trainable_parameters"] if len(cells) else []
-    head = int(heads.iloc[0]) if len(heads) else 2 * (width or 0) + 2  # the head cell's exact count (BERT: 2 w + 2; MPNet: w^2 + 3 w + 2)
+    head = (
+        int(heads.iloc[0]) if len(heads) else 2 * (width or 0) + 2
+    )  # the head cell's exact count (BERT: 2 w + 2; MPNet: w^2 + 3 w + 2)
     rows = []
     for fam, c in cells.groupby("family", sort=False):
-        row = {"strategy": fam, "ours_min": int(c["trainable_parameters"].min()), "ours_max": int(c["trainable_parameters"].max())}
+        row = {
+            "strategy": fam,
+            "ours_min": int(c["trainable_parameters"].min()),
+            "ours_max": int(c["trainable_parameters"].max()),
+        }
         if fam in LORA_STRATEGIES and width:
             expected = [lora_parameters(rank, width, len(x), t) + head for x in c["lora_layers"]]
-            row |= {"formula": f"{t} x 2 x {rank} x {width} x layers + {head:,} (the head)",
-                    "formula_matches": bool(all(int(a) == b for a, b in zip(c["trainable_parameters"], expected)))}
-        row |= {"paper_stated": paper.stated_parameters(fam),
-                "bert_base_exact": bert_base_parameters(fam, rank, t, k, paper.band(), pooler=False if fam == "shallow" else True),
-                "bert_base_exact_with_pooler": bert_base_parameters(fam, rank, t, k, paper.band()) if fam == "shallow" else None,
-                "paper_note": paper.note("trainable_parameters_stated", strategy=fam)}
+            row |= {
+                "formula": f"{t} x 2 x {rank} x {width} x layers + {head:,} (the head)",
+                "formula_matches": bool(all(int(a) == b for a, b in zip(c["trainable_parameters"], expected))),
+            }
+        row |= {
+            "paper_stated": paper.stated_parameters(fam),
+            "bert_base_exact": bert_base_parameters(
+                fam, rank, t, k, paper.band(), pooler=False if fam == "shallow" else True
+            ),
+            "bert_base_exact_with_pooler": bert_base_parameters(fam, rank, t, k, paper.band())
+            if fam == "shallow"
+            else None,
+            "paper_note": paper.note("trainable_parameters_stated", strategy=fam),
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -197,7 +272,8 @@ def audit_table(acc: pd.DataFrame, data: dict) -> pd.DataFrame:
     (percent) per regime x strategy family."""
     fam = acc[acc["strategy"] == acc["family"]]
     out = fam.groupby(["target", "split", "subset", "n", "regime", "strategy"], as_index=False, sort=False).agg(
-        accuracy=("accuracy", "mean"), n_seeds=("seed", "nunique"))
+        accuracy=("accuracy", "mean"), n_seeds=("seed", "nunique")
+    )
     out["accuracy"] *= 100
     audit = data.get("audit", {})
     for key in ("n", "in_source", "in_sst2", "phrase_covered"):
@@ -213,12 +289,32 @@ def selection_ablation(diagnose: pd.DataFrame, selection: pd.DataFrame, ski) -> 
     for (t, r, seed), g in diagnose[diagnose["layer"] >= 0].groupby(["target", "regime", "seed"], sort=False):
         w = g.pivot_table(index="layer", columns="metric", values="value").sort_index()
         for alpha, s, method, cap in itertools.product(ALPHAS, WIDENINGS, METHODS, caps):
-            band = select_band(w["entropy"].to_numpy(), w["act_grad"].to_numpy(), method=method, alpha=alpha, s=s,
-                               threshold=ski.threshold, max_band=cap)["band"]
-            rows.append({"group": f"{t}-{r}-{seed}", "target": t, "regime": r, "seed": int(seed), "method": method, "alpha": alpha, "s": s,
-                         "cap": "none" if cap is None else int(cap), "threshold": ski.threshold, "band": " ".join(map(str, band)), "size": len(band),
-                         "study_rule": (method, alpha, s, cap) == (ski.method, ski.alpha, ski.s, ski.max_band),
-                         "equals_study_band": band == study.get((t, r, int(seed)))})
+            band = select_band(
+                w["entropy"].to_numpy(),
+                w["act_grad"].to_numpy(),
+                method=method,
+                alpha=alpha,
+                s=s,
+                threshold=ski.threshold,
+                max_band=cap,
+            )["band"]
+            rows.append(
+                {
+                    "group": f"{t}-{r}-{seed}",
+                    "target": t,
+                    "regime": r,
+                    "seed": int(seed),
+                    "method": method,
+                    "alpha": alpha,
+                    "s": s,
+                    "cap": "none" if cap is None else int(cap),
+                    "threshold": ski.threshold,
+                    "band": " ".join(map(str, band)),
+                    "size": len(band),
+                    "study_rule": (method, alpha, s, cap) == (ski.method, ski.alpha, ski.s, ski.max_band),
+                    "equals_study_band": band == study.get((t, r, int(seed))),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -230,9 +326,20 @@ def bands_table(selection: pd.DataFrame) -> pd.DataFrame:
         named = [("ski", r.band, ""), ("complement", r.complement, ""), ("rgn", r.rgn, ""), ("cka", r.cka, "")]
         named += [(f"random_{i}", d["layers"], d.get("tier", "")) for i, d in enumerate(r.random)]
         for name, layers, tier in named:
-            rows.append({"group": f"{r.target}-{r.regime}-{r.seed}", "target": r.target, "regime": r.regime, "seed": int(r.seed), "selector": name,
-                         "layers": " ".join(map(str, layers)), "size": len(layers), "overlap_with_ski": len(ski & set(layers)),
-                         "jaccard_with_ski": len(ski & set(layers)) / len(ski | set(layers)) if ski | set(layers) else 1.0, "tier": tier})
+            rows.append(
+                {
+                    "group": f"{r.target}-{r.regime}-{r.seed}",
+                    "target": r.target,
+                    "regime": r.regime,
+                    "seed": int(r.seed),
+                    "selector": name,
+                    "layers": " ".join(map(str, layers)),
+                    "size": len(layers),
+                    "overlap_with_ski": len(ski & set(layers)),
+                    "jaccard_with_ski": len(ski & set(layers)) / len(ski | set(layers)) if ski | set(layers) else 1.0,
+                    "tier": tier,
+                }
+            )
     return pd.DataFrame(rows)
 
 

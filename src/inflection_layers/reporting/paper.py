@@ -17,7 +17,15 @@ import pandas as pd
 from inflection_layers.artifacts import read_csv
 
 # bert-base-uncased's architecture (its config.json): the model the paper's counts and layer indices refer to.
-BERT_BASE = {"layers": 12, "width": 768, "intermediate": 3072, "vocab": 30522, "positions": 512, "types": 2, "labels": 2}
+BERT_BASE = {
+    "layers": 12,
+    "width": 768,
+    "intermediate": 3072,
+    "vocab": 30522,
+    "positions": 512,
+    "types": 2,
+    "labels": 2,
+}
 PAPER_TARGET = "rt"  # the paper adapts to Rotten Tomatoes only: its accuracies are compared on this target
 COLUMNS = ["kind", "regime", "strategy", "layer", "value", "std", "unit", "section", "note"]
 
@@ -93,8 +101,11 @@ class Paper:
 
     def accuracy_rows(self) -> pd.DataFrame:
         """regime, strategy, mean, std (fractions) of every accuracy the paper states."""
-        out = [{"regime": r.regime, "strategy": r.strategy, "mean": m, "std": s}
-               for r in self.rows("accuracy").itertuples() for m, s in [self.accuracy(r.regime, r.strategy)]]
+        out = [
+            {"regime": r.regime, "strategy": r.strategy, "mean": m, "std": s}
+            for r in self.rows("accuracy").itertuples()
+            for m, s in [self.accuracy(r.regime, r.strategy)]
+        ]
         return pd.DataFrame(out, columns=["regime", "strategy", "mean", "std"])
 
     def accuracy_difference(self, regime_a: str, strategy_a: str, regime_b: str, strategy_b: str) -> float | None:
@@ -105,8 +116,11 @@ class Paper:
     def smallest_interpreted_difference(self) -> float | None:
         """The smallest positive gap between OVER selective LoRA and another OVER row: the finest difference the
         paper reads as a finding (its section 7 ranks the methods by it)."""
-        gaps = [self.accuracy_difference("over", "lora_selective", r.regime, r.strategy) for r in self.rows("accuracy", "over").itertuples()
-                if r.strategy != "lora_selective"]
+        gaps = [
+            self.accuracy_difference("over", "lora_selective", r.regime, r.strategy)
+            for r in self.rows("accuracy", "over").itertuples()
+            if r.strategy != "lora_selective"
+        ]
         gaps = [round(g, 10) for g in gaps if g is not None and g > 0]
         return min(gaps) if gaps else None
 
@@ -164,7 +178,7 @@ class Paper:
         return None if r is None or not r["strategy"] else r["strategy"]
 
     def cka_range(self, kind: str, regime: str, strategy: str) -> tuple[float, float] | None:
-        """(low, high) of a Delta-CKA value or range ('0.02-0.04', '0.005'); regime 'both' rows match any regime."""
+        """(low, high) of a Delta-CKA value or range as stated.csv writes it ('a-b' or 'a'); regime 'both' rows match any regime."""
         d = self.rows(kind, strategy=strategy)
         d = d[d["regime"].isin([regime, "both"])]
         if d.empty:
@@ -194,7 +208,12 @@ def map_band(band: list[int], depth: int, paper_depth: int = BERT_BASE["layers"]
 
 def encoder_layer_parameters(width: int, intermediate: int) -> int:
     """One BERT encoder layer: q, k, v, o (with biases), two LayerNorms, the feed-forward in and out."""
-    return 4 * (width * width + width) + 2 * (2 * width) + (width * intermediate + intermediate) + (intermediate * width + width)
+    return (
+        4 * (width * width + width)
+        + 2 * (2 * width)
+        + (width * intermediate + intermediate)
+        + (intermediate * width + width)
+    )
 
 
 def classifier_parameters(width: int, labels: int) -> int:
@@ -209,8 +228,15 @@ def lora_parameters(rank: int, width: int, layers: int, targets: int = 3) -> int
     return targets * 2 * rank * width * layers
 
 
-def bert_base_parameters(strategy: str, rank: int, targets: int, shallow_k: int, band: list[int] | None = None,
-                         pooler: bool = True, config: dict | None = None) -> int | None:
+def bert_base_parameters(
+    strategy: str,
+    rank: int,
+    targets: int,
+    shallow_k: int,
+    band: list[int] | None = None,
+    pooler: bool = True,
+    config: dict | None = None,
+) -> int | None:
     """Exact trainable parameters of a strategy on bert-base-uncased (BertForSequenceClassification); None if unknown.
 
     shallow: top `shallow_k` layers + classifier (+ the pooler when `pooler`); lora_selective: LoRA on `band`;

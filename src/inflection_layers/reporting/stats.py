@@ -102,8 +102,18 @@ def equivalence_test(diffs: np.ndarray, margin: float, alpha: float) -> dict:
     if not (margin > 0 and math.isfinite(margin)):
         raise ValueError(f"margin must be a positive finite number, got {margin}")
     base = seed_interval(x, 1 - 2 * alpha)
-    out = {"mean": base["mean"], "sd": base["sd"], "n": base["n"], "margin": float(margin),
-           "p": math.nan, "p_lower": math.nan, "p_upper": math.nan, "equivalent": False, "low": math.nan, "high": math.nan}
+    out = {
+        "mean": base["mean"],
+        "sd": base["sd"],
+        "n": base["n"],
+        "margin": float(margin),
+        "p": math.nan,
+        "p_lower": math.nan,
+        "p_upper": math.nan,
+        "equivalent": False,
+        "low": math.nan,
+        "high": math.nan,
+    }
     if x.size < 2:
         return out
     out |= {"low": base["low"], "high": base["high"]}
@@ -178,12 +188,21 @@ def compare_arms(
     _, boot_low, boot_high = hierarchical_bootstrap(a, b, n_boot, confidence, np.random.default_rng(seed))
     tests = [mcnemar_exact(x, y) for x, y in zip(a, b)]
     return {
-        "n_seeds": int(a.shape[0]), "n_examples": int(a.shape[1]),
-        "acc_a": float(a.mean()), "acc_b": float(b.mean()),
-        "diffs": diffs, "diffs_points": points(diffs),
-        "diff": si["mean"], "sd": si["sd"], "ci_low": si["low"], "ci_high": si["high"], "p": si["p"],
-        "boot_low": boot_low, "boot_high": boot_high,
-        "n_a_only": sum(t[0] for t in tests), "n_b_only": sum(t[1] for t in tests),
+        "n_seeds": int(a.shape[0]),
+        "n_examples": int(a.shape[1]),
+        "acc_a": float(a.mean()),
+        "acc_b": float(b.mean()),
+        "diffs": diffs,
+        "diffs_points": points(diffs),
+        "diff": si["mean"],
+        "sd": si["sd"],
+        "ci_low": si["low"],
+        "ci_high": si["high"],
+        "p": si["p"],
+        "boot_low": boot_low,
+        "boot_high": boot_high,
+        "n_a_only": sum(t[0] for t in tests),
+        "n_b_only": sum(t[1] for t in tests),
         "p_mcnemar_seeds": ";".join(f"{t[2]:.4g}" for t in tests),
         "detectable_effect": detectable_effect(si["sd"], si["n"], alpha, power),
     }

@@ -1,9 +1,9 @@
 """The pieces every claim is built from: the evidence bundle, one *part* (one comparison with its verdict and a
-generated reason), and one claim row (its parts combined by :func:`inflection_layers.verdicts.combine`).
+generated reason), and one claim row (its parts combined by :func:`inflection_layers.reporting.verdicts.combine`).
 
-Seeds are the unit: a part's per-seed values go through :func:`inflection_layers.stats.seed_interval`
-(t-interval), :func:`~inflection_layers.stats.detectable_effect` and the verdict rules of
-:mod:`inflection_layers.verdicts`; equivalence parts through :func:`~inflection_layers.stats.equivalence_test`.
+Seeds are the unit: a part's per-seed values go through :func:`inflection_layers.reporting.stats.seed_interval`
+(t-interval), :func:`~inflection_layers.reporting.stats.detectable_effect` and the verdict rules of
+:mod:`inflection_layers.reporting.verdicts`; equivalence parts through :func:`~inflection_layers.reporting.stats.equivalence_test`.
 Every reason is a sentence generated from the part's own numbers.
 """
 
@@ -16,14 +16,48 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from inflection_layers import verdicts as V
-from inflection_layers.paper import Paper
-from inflection_layers.stats import detectable_effect, equivalence_test, seed_interval
+from inflection_layers.reporting import verdicts as V
+from inflection_layers.reporting.paper import Paper
+from inflection_layers.reporting.stats import detectable_effect, equivalence_test, seed_interval
 
-CLAIM_COLUMNS = ["id", "target", "claim", "section", "source", "paper_value", "ours", "ci_low", "ci_high", "unit",
-                 "n_seeds", "test", "verdict", "verdict_code", "reason"]
-PART_COLUMNS = ["id", "target", "part", "test", "in_verdict", "ours", "ci_low", "ci_high", "unit", "n_seeds", "per_seed",
-                "sd", "detectable_effect", "effect", "margin", "p", "paper_value", "verdict", "reason"]
+CLAIM_COLUMNS = [
+    "id",
+    "target",
+    "claim",
+    "section",
+    "source",
+    "paper_value",
+    "ours",
+    "ci_low",
+    "ci_high",
+    "unit",
+    "n_seeds",
+    "test",
+    "verdict",
+    "verdict_code",
+    "reason",
+]
+PART_COLUMNS = [
+    "id",
+    "target",
+    "part",
+    "test",
+    "in_verdict",
+    "ours",
+    "ci_low",
+    "ci_high",
+    "unit",
+    "n_seeds",
+    "per_seed",
+    "sd",
+    "detectable_effect",
+    "effect",
+    "margin",
+    "p",
+    "paper_value",
+    "verdict",
+    "reason",
+]
 CODES = {V.REPRODUCED: 1.0, V.PARTIAL: 0.5, V.NOT_REPRODUCED: 0.0, V.INCONCLUSIVE: -1.0}
 
 
@@ -84,9 +118,23 @@ def _explain(verdict: str, test: str, low: float, high: float, mde: float, effec
     return why
 
 
-def seed_part(pid: str, target: str, label: str, values: pd.Series | np.ndarray, test: str, ev: Evidence, *,
-              effect: float | None = None, margin: float | None = None, margin_reason: str = "", scale: float = 100.0,
-              unit: str = "points", log: bool = False, paper_value: str = "", in_verdict: bool = True) -> dict:
+def seed_part(
+    pid: str,
+    target: str,
+    label: str,
+    values: pd.Series | np.ndarray,
+    test: str,
+    ev: Evidence,
+    *,
+    effect: float | None = None,
+    margin: float | None = None,
+    margin_reason: str = "",
+    scale: float = 100.0,
+    unit: str = "points",
+    log: bool = False,
+    paper_value: str = "",
+    in_verdict: bool = True,
+) -> dict:
     """One statistical part over per-seed values (differences A - B, fractions of 1 or log ratios when `log`).
 
     test: 'greater' / 'less' (verdicts.greater / less with `effect`, None = direction only) or 'equivalent'
@@ -95,8 +143,11 @@ def seed_part(pid: str, target: str, label: str, values: pd.Series | np.ndarray,
     x = np.asarray(values, dtype=float).reshape(-1)
     x = x[np.isfinite(x)]
     rep = ev.rep
-    show_raw = (lambda v: "n/a" if v is None or not math.isfinite(v) else f"{math.exp(v):.3g}x") if log else \
-        (lambda v: "n/a" if v is None or not math.isfinite(v) else f"{scale * v:.2f} {unit}")
+    show_raw = (
+        (lambda v: "n/a" if v is None or not math.isfinite(v) else f"{math.exp(v):.3g}x")
+        if log
+        else (lambda v: "n/a" if v is None or not math.isfinite(v) else f"{scale * v:.2f} {unit}")
+    )
     si = seed_interval(x, rep.confidence)
     mde = detectable_effect(si["sd"], si["n"], rep.alpha, rep.power)
     p = si["p"]
@@ -109,51 +160,139 @@ def seed_part(pid: str, target: str, label: str, values: pd.Series | np.ndarray,
         verdict = V.RULES[test](low, high, mde, effect)
     conv = (lambda v: math.exp(v) if math.isfinite(v) else math.nan) if log else (lambda v: scale * v)
     interval = f" [{show_raw(low)}, {show_raw(high)}]" if si["n"] >= 2 else ""
-    reason = f"{label}: mean {show_raw(si['mean'])}{interval} over {si['n']} seed(s); " + _explain(verdict, test, low, high, mde, effect, si["n"], show_raw)
+    reason = f"{label}: mean {show_raw(si['mean'])}{interval} over {si['n']} seed(s); " + _explain(
+        verdict, test, low, high, mde, effect, si["n"], show_raw
+    )
     if margin is not None:
         reason += f" (margin {show_raw(margin)}: {margin_reason})" if margin_reason else f" (margin {show_raw(margin)})"
-    return {"id": pid, "target": target, "part": label, "test": test + (" (log ratio)" if log else ""), "in_verdict": in_verdict,
-            "ours": conv(si["mean"]), "ci_low": conv(low), "ci_high": conv(high), "unit": "ratio" if log else unit, "n_seeds": si["n"],
-            "per_seed": ";".join(fmt(conv(v), 4, False) for v in x), "sd": si["sd"], "detectable_effect": mde,
-            "effect": effect, "margin": margin, "p": p, "paper_value": paper_value, "verdict": verdict, "reason": reason + "."}
+    return {
+        "id": pid,
+        "target": target,
+        "part": label,
+        "test": test + (" (log ratio)" if log else ""),
+        "in_verdict": in_verdict,
+        "ours": conv(si["mean"]),
+        "ci_low": conv(low),
+        "ci_high": conv(high),
+        "unit": "ratio" if log else unit,
+        "n_seeds": si["n"],
+        "per_seed": ";".join(fmt(conv(v), 4, False) for v in x),
+        "sd": si["sd"],
+        "detectable_effect": mde,
+        "effect": effect,
+        "margin": margin,
+        "p": p,
+        "paper_value": paper_value,
+        "verdict": verdict,
+        "reason": reason + ".",
+    }
 
 
-def category_part(pid: str, target: str, label: str, observed: list, expected: Any, *, shown: list | None = None,
-                  expected_text: str = "", paper_value: str = "", in_verdict: bool = True) -> dict:
+def category_part(
+    pid: str,
+    target: str,
+    label: str,
+    observed: list,
+    expected: Any,
+    *,
+    shown: list | None = None,
+    expected_text: str = "",
+    paper_value: str = "",
+    in_verdict: bool = True,
+) -> dict:
     """One categorical part (verdicts.categorical): each observed cell against the expected value."""
     verdict = V.categorical(observed, expected)
     cells = [o for o in observed if o is not None]
     k = sum(V._same(o, expected) for o in cells)
     seen = ", ".join(str(s) for s in (shown if shown is not None else observed))
     what = "hold" if expected is True and not expected_text else f"match {expected_text or expected}"
-    reason = (f"{label}: {k} of {len(cells)} cell(s) {what} (observed: {seen})" if cells
-              else f"{label}: no cell to observe")
-    return {"id": pid, "target": target, "part": label, "test": "categorical", "in_verdict": in_verdict,
-            "ours": k / len(cells) if cells else math.nan, "ci_low": math.nan, "ci_high": math.nan, "unit": "share of cells",
-            "n_seeds": len(cells), "per_seed": seen, "sd": math.nan, "detectable_effect": math.nan, "effect": None, "margin": None,
-            "p": math.nan, "paper_value": paper_value, "verdict": verdict, "reason": reason + "."}
+    reason = (
+        f"{label}: {k} of {len(cells)} cell(s) {what} (observed: {seen})" if cells else f"{label}: no cell to observe"
+    )
+    return {
+        "id": pid,
+        "target": target,
+        "part": label,
+        "test": "categorical",
+        "in_verdict": in_verdict,
+        "ours": k / len(cells) if cells else math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "unit": "share of cells",
+        "n_seeds": len(cells),
+        "per_seed": seen,
+        "sd": math.nan,
+        "detectable_effect": math.nan,
+        "effect": None,
+        "margin": None,
+        "p": math.nan,
+        "paper_value": paper_value,
+        "verdict": verdict,
+        "reason": reason + ".",
+    }
 
 
 def missing_part(pid: str, target: str, label: str, why: str) -> dict:
     """A part whose inputs this profile lacks: Inconclusive, with the reason."""
-    return {"id": pid, "target": target, "part": label, "test": "n/a", "in_verdict": True, "ours": math.nan, "ci_low": math.nan,
-            "ci_high": math.nan, "unit": "", "n_seeds": 0, "per_seed": "", "sd": math.nan, "detectable_effect": math.nan,
-            "effect": None, "margin": None, "p": math.nan, "paper_value": "", "verdict": V.INCONCLUSIVE, "reason": f"{label}: {why}."}
+    return {
+        "id": pid,
+        "target": target,
+        "part": label,
+        "test": "n/a",
+        "in_verdict": True,
+        "ours": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "unit": "",
+        "n_seeds": 0,
+        "per_seed": "",
+        "sd": math.nan,
+        "detectable_effect": math.nan,
+        "effect": None,
+        "margin": None,
+        "p": math.nan,
+        "paper_value": "",
+        "verdict": V.INCONCLUSIVE,
+        "reason": f"{label}: {why}.",
+    }
 
 
-def claim_row(pid: str, target: str, text: str, section: str, paper_value: str, parts: list[dict], source: str = "paper") -> dict:
+def claim_row(
+    pid: str, target: str, text: str, section: str, paper_value: str, parts: list[dict], source: str = "paper"
+) -> dict:
     """The claim's row: verdict = combine(parts in the verdict); ours/interval from its first part (the headline)."""
     counted = [p for p in parts if p["in_verdict"]]
     verdict = V.combine([p["verdict"] for p in counted])
     head = parts[0] if parts else None
-    tally = ", ".join(f"{sum(p['verdict'] == v for p in counted)} {v.lower()}" for v in V.VERDICTS if any(p["verdict"] == v for p in counted))
-    reason = (f"{len(counted)} part(s): {tally}. Headline, {head['reason']}" if head and counted
-              else head["reason"] if head else "no evidence in this profile.")
-    return {"id": pid, "target": target, "claim": text, "section": section, "source": source, "paper_value": paper_value,
-            "ours": head["ours"] if head else math.nan, "ci_low": head["ci_low"] if head else math.nan,
-            "ci_high": head["ci_high"] if head else math.nan, "unit": head["unit"] if head else "",
-            "n_seeds": head["n_seeds"] if head else 0, "test": head["test"] if head else "n/a",
-            "verdict": verdict, "verdict_code": CODES[verdict], "reason": reason}
+    tally = ", ".join(
+        f"{sum(p['verdict'] == v for p in counted)} {v.lower()}"
+        for v in V.VERDICTS
+        if any(p["verdict"] == v for p in counted)
+    )
+    reason = (
+        f"{len(counted)} part(s): {tally}. Headline, {head['reason']}"
+        if head and counted
+        else head["reason"]
+        if head
+        else "no evidence in this profile."
+    )
+    return {
+        "id": pid,
+        "target": target,
+        "claim": text,
+        "section": section,
+        "source": source,
+        "paper_value": paper_value,
+        "ours": head["ours"] if head else math.nan,
+        "ci_low": head["ci_low"] if head else math.nan,
+        "ci_high": head["ci_high"] if head else math.nan,
+        "unit": head["unit"] if head else "",
+        "n_seeds": head["n_seeds"] if head else 0,
+        "test": head["test"] if head else "n/a",
+        "verdict": verdict,
+        "verdict_code": CODES[verdict],
+        "reason": reason,
+    }
 
 
 def per_seed(df: pd.DataFrame, value: str = "accuracy") -> pd.Series:

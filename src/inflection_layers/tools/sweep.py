@@ -7,7 +7,7 @@ models given, on Rotten Tomatoes train minus a stratified held-out part, and sco
 part. Validation and test are never used. The rate with the best mean held-out accuracy over the
 source models is the profile's. Run from the repository root after the sources exist:
 
-    python -m inflection_layers.sweep --data data/prepared --sources models/source/over-42 models/source/under-42 --out plots/sweep
+    python -m inflection_layers.tools.sweep --data data/prepared --sources models/source/over-42 models/source/under-42 --out plots/sweep
 
 Writes <out>/lr.csv (family, lr, source, held-out accuracy) and <out>/lr.md (the table and the choice).
 """
@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from inflection_layers.adapt import GroupData, frozen_cells, score, train_cell
 from inflection_layers.artifacts import atomic_path, read_csv, read_parquet
-from inflection_layers.cells import Group
 from inflection_layers.config import Params, load_params
 from inflection_layers.errors import run_main
-from inflection_layers.finetune import GroupData, frozen_cells, score, train_cell
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
 from inflection_layers.precision import resolve
 from inflection_layers.strategies import apply_strategy
@@ -52,8 +51,14 @@ def held_out_data(data_dir: Path, tokenizer: object, params: Params, seed: int) 
     pool, held = train_test_split(train, test_size=HELD_OUT, stratify=train["label"], random_state=seed)
     pool, held = pool.sort_index(), held.sort_index().reset_index(drop=True)
     ids = tokenize(tokenizer, pool["text"], params.model.max_length)
-    return GroupData(ids, pool["label"].tolist(), batch_stream([len(x) for x in ids], params.finetune.batch_size, seed, params.finetune.steps),
-                     held[["id", "label"]].assign(split="held_out"), tokenize(tokenizer, held["text"], params.model.max_length), tokenizer.pad_token_id)
+    return GroupData(
+        ids,
+        pool["label"].tolist(),
+        batch_stream([len(x) for x in ids], params.finetune.batch_size, seed, params.finetune.steps),
+        held[["id", "label"]].assign(split="held_out"),
+        tokenize(tokenizer, held["text"], params.model.max_length),
+        tokenizer.pad_token_id,
+    )
 
 
 def sweep_source(params: Params, source: Path, data_dir: Path, seed: int, families: list[str]) -> list[dict]:
@@ -69,21 +74,39 @@ def sweep_source(params: Params, source: Path, data_dir: Path, seed: int, famili
             precision = resolve(params.model.precision, device, params.model.name)
             if family == "head":
                 p = replace(params, finetune=replace(params.finetune, lr=replace(params.finetune.lr, head=lr)))
-                probs = frozen_cells(model.eval(), ["none", "head"], p, data, device, precision, keep_reps=False, seed=seed)["head"]["probs"]
+                probs = frozen_cells(
+                    model.eval(), ["none", "head"], p, data, device, precision, keep_reps=False, seed=seed
+                )["head"]["probs"]
             else:
                 layers = list(range(model.config.num_hidden_layers)) if family == "lora_all" else None
-                model = apply_strategy(model, family, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers).to(device)
+                model = apply_strategy(
+                    model, family, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers
+                ).to(device)
                 train_cell(model, params, data, device, precision, lr, f"{source.name} {family} lr {lr:g}")
-                probs = predict(model, data.eval_ids, params.finetune.eval_batch_size, data.pad, device, precision)["probs"]
+                probs = predict(model, data.eval_ids, params.finetune.eval_batch_size, data.pad, device, precision)[
+                    "probs"
+                ]
             _, scores = score(data.eval_frame, probs)
-            rows.append({"family": family, "lr": lr, "source": source.name, "accuracy": scores["held_out_accuracy"], "seconds": round(time.perf_counter() - t0, 1)})
+            rows.append(
+                {
+                    "family": family,
+                    "lr": lr,
+                    "source": source.name,
+                    "accuracy": scores["held_out_accuracy"],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
             logger.info("%s %s lr %g: held-out accuracy %.4f", source.name, family, lr, rows[-1]["accuracy"])
     return rows
 
 
 def choose(table: pd.DataFrame) -> pd.DataFrame:
     """Per family, the rate with the best mean held-out accuracy over the sources (ties: the smaller rate)."""
-    mean = table.groupby(["family", "lr"], as_index=False)["accuracy"].mean().sort_values(["family", "accuracy", "lr"], ascending=[True, False, True])
+    mean = (
+        table.groupby(["family", "lr"], as_index=False)["accuracy"]
+        .mean()
+        .sort_values(["family", "accuracy", "lr"], ascending=[True, False, True])
+    )
     return mean.groupby("family", sort=False).head(1).reset_index(drop=True)
 
 
@@ -94,23 +117,37 @@ def markdown(table: pd.DataFrame, chosen: pd.DataFrame) -> str:
     for r in wide.itertuples(index=False):
         mark = " (chosen)" if ((chosen["family"] == r[0]) & (chosen["lr"] == r[1])).any() else ""
         lines.append(f"| {r[0]} | {r[1]:g}{mark} | " + " | ".join(f"{100 * v:.2f}" for v in r[2:]) + " |")
-    return "Held-out accuracy (%) on 1,000 Rotten Tomatoes train sentences left out of training.\n\n" + "\n".join(lines) + "\n"
+    return (
+        "Held-out accuracy (%) on 1,000 Rotten Tomatoes train sentences left out of training.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def main() -> None:
     """Sweep every family from each source model; write the table and the choice."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder of prepared splits")
-    parser.add_argument("--sources", type=Path, nargs="+", required=True, help="source checkpoints, e.g. models/source/over-42")
+    parser.add_argument(
+        "--sources", type=Path, nargs="+", required=True, help="source checkpoints, e.g. models/source/over-42"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for lr.csv and lr.md")
     parser.add_argument("--seed", type=int, default=42, help="batch order, initialisation and held-out split")
-    parser.add_argument("--families", nargs="+", choices=list(GRID), default=list(GRID), help="the families to sweep (default: all)")
-    parser.add_argument("--append", type=Path, help="an earlier lr.csv whose rows join this run's (a sweep done in parts)")
+    parser.add_argument(
+        "--families", nargs="+", choices=list(GRID), default=list(GRID), help="the families to sweep (default: all)"
+    )
+    parser.add_argument(
+        "--append", type=Path, help="an earlier lr.csv whose rows join this run's (a sweep done in parts)"
+    )
     args = parser.parse_args()
     params = load_params()
     rows = [row for source in args.sources for row in sweep_source(params, source, args.data, args.seed, args.families)]
     earlier = read_csv(args.append) if args.append else pd.DataFrame(columns=["family", "lr", "source"])
-    table = pd.concat([earlier, pd.DataFrame(rows)]).drop_duplicates(["family", "lr", "source"], keep="last").reset_index(drop=True)
+    table = (
+        pd.concat([earlier, pd.DataFrame(rows)])
+        .drop_duplicates(["family", "lr", "source"], keep="last")
+        .reset_index(drop=True)
+    )
     chosen = choose(table)
     with atomic_path(args.out, is_dir=True) as out:
         table.to_csv(out / "lr.csv", index=False)

@@ -1,7 +1,7 @@
 """Reproduction check: a run's metrics/summary.json against a committed reference, within a stated tolerance.
 
-    python -m inflection_layers.reference metrics/summary.json tests/reference/smoke-summary.json
-    python -m inflection_layers.reference metrics/summary.json tests/reference/smoke-summary.json --update
+    python -m inflection_layers.tools.reference metrics/summary.json tests/reference/smoke-summary.json
+    python -m inflection_layers.tools.reference metrics/summary.json tests/reference/smoke-summary.json --update
 
 The reference lists what must reproduce (only its keys are compared): accuracies per cell, exact
 parameter counts, the leakage audit; not the verdicts, which can flip where an interval touches a
@@ -27,7 +27,11 @@ def differences(run: Any, ref: Any, atol: float, path: str = "") -> list[str]:
     if isinstance(ref, dict):
         if not isinstance(run, dict):
             return [f"{path or '.'}: {type(run).__name__} where the reference has a mapping"]
-        return [d for k, v in ref.items() for d in (differences(run[k], v, atol, f"{path}.{k}") if k in run else [f"{path}.{k}: missing"])]
+        return [
+            d
+            for k, v in ref.items()
+            for d in (differences(run[k], v, atol, f"{path}.{k}") if k in run else [f"{path}.{k}: missing"])
+        ]
     if isinstance(ref, list):
         if not isinstance(run, list) or len(run) != len(ref):
             return [f"{path}: {run!r} != {ref!r}"]

@@ -1,8 +1,8 @@
 """Run the DVC pipeline on Slurm: one job per stage that is not up to date, results through a shared DVC remote.
 
-    python -m inflection_layers.cluster submit [--scratch DIR] [--dry]   # from a login node, in the repository
-    python -m inflection_layers.cluster status                          # per stage: job, state, log
-    python -m inflection_layers.cluster wait [--timeout S]              # until every job has ended, then status
+    python -m inflection_layers.tools.cluster submit [--scratch DIR] [--dry]   # from a login node, in the repository
+    python -m inflection_layers.tools.cluster status                          # per stage: job, state, log
+    python -m inflection_layers.tools.cluster wait [--timeout S]              # until every job has ended, then status
 
 DVC decides what to run (`repo.status()` on its own stage graph, `repo.index.graph`) and carries results
 (`dvc push`, the run-cache); Slurm orders the jobs (`--dependency=afterok:<parents>`, `--kill-on-invalid-dep=yes`).
@@ -39,7 +39,7 @@ FINAL = "(final)"
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING"}
 
 JOB = """#!/bin/bash
-# DVC stage {stage} of {root} at commit {commit}, written by inflection_layers.cluster
+# DVC stage {stage} of {root} at commit {commit}, written by inflection_layers.tools.cluster
 set -euo pipefail
 export PATH={bindir}:$PATH DVC_NO_ANALYTICS=1
 ws=$(mktemp -d "${{DVC_CLUSTER_SCRATCH:-{scratch}}}/dvc-stage-XXXXXX")
@@ -64,7 +64,7 @@ echo "stage {stage}: done"
 """
 
 FINAL_JOB = """#!/bin/bash
-# Restore every stage of {root} from the run-cache and run those it cannot carry, written by inflection_layers.cluster
+# Restore every stage of {root} from the run-cache and run those it cannot carry, written by inflection_layers.tools.cluster
 set -euo pipefail
 export PATH={bindir}:$PATH DVC_NO_ANALYTICS=1
 cd {root}
@@ -159,15 +159,23 @@ def submit(root: Path, scratch: str, dry: bool) -> int:
     commit = git(root, "rev-parse", "HEAD")
     partition, table = cluster_config(root)
     run_dir = root / ".dvc/tmp/cluster" / time.strftime("%Y%m%d-%H%M%S")
-    fields = {"root": shlex.quote(str(root)), "commit": commit, "remote_url": remote, "scratch": scratch,
-              "bindir": shlex.quote(str(Path(sys.executable).parent)), "watched": shlex.join(watched)}
+    fields = {
+        "root": shlex.quote(str(root)),
+        "commit": commit,
+        "remote_url": remote,
+        "scratch": scratch,
+        "bindir": shlex.quote(str(Path(sys.executable).parent)),
+        "watched": shlex.join(watched),
+    }
     if dry:
         for s in jobs:
             print(f"{s.addressing}: after {parents[s.addressing] or 'nothing'}, {resources_for(table, s.name)}")
         print(f"{FINAL}: after every job")
     if local:
-        print(f"cluster: the final job runs {', '.join(local)} itself (a `cache: false` output, or downstream "
-              "of one: the run-cache cannot carry them)")
+        print(
+            f"cluster: the final job runs {', '.join(local)} itself (a `cache: false` output, or downstream "
+            "of one: the run-cache cannot carry them)"
+        )
     if dry:
         return 0
     if subprocess.run(["dvc", "push", "--quiet"], cwd=root, check=False).returncode:  # the committed outputs
@@ -176,15 +184,25 @@ def submit(root: Path, scratch: str, dry: bool) -> int:
     ids: dict[str, str] = {}
     logs: dict[str, str] = {}
     needs = [resources_for(table, a.split(":")[-1]) for a in local] or [table["default"]]
-    final = Resources(max(r.cpus for r in needs), max(r.gpus for r in needs), sum(r.minutes for r in needs),
-                      max(r.mem_gb for r in needs))  # it runs its stages one after the other
+    final = Resources(
+        max(r.cpus for r in needs),
+        max(r.gpus for r in needs),
+        sum(r.minutes for r in needs),
+        max(r.mem_gb for r in needs),
+    )  # it runs its stages one after the other
     try:
         for s in jobs:
             safe = re.sub(r"[^\w@.=+-]", "_", s.addressing)
             script, logs[s.addressing] = run_dir / f"{safe}.sh", str(run_dir / f"{safe}.log")
             script.write_text(JOB.format(stage=shlex.quote(s.addressing), **fields))
-            ids[s.addressing] = sbatch(script, s.addressing, Path(logs[s.addressing]), resources_for(table, s.name),
-                                       partition, [ids[p] for p in parents[s.addressing]])
+            ids[s.addressing] = sbatch(
+                script,
+                s.addressing,
+                Path(logs[s.addressing]),
+                resources_for(table, s.name),
+                partition,
+                [ids[p] for p in parents[s.addressing]],
+            )
         script, logs[FINAL] = run_dir / "final.sh", str(run_dir / "final.log")
         script.write_text(FINAL_JOB.format(**fields))
         ids[FINAL] = sbatch(script, FINAL, Path(logs[FINAL]), final, partition, list(ids.values()))
@@ -192,12 +210,17 @@ def submit(root: Path, scratch: str, dry: bool) -> int:
         subprocess.run(["scancel", *ids.values()], check=False)
         print(f"cluster: sbatch failed: {err.stderr.strip()}; cancelled the {len(ids)} job(s) already submitted")
         return 1
-    state = {"commit": commit, "remote": remote, "run_dir": str(run_dir), "final_runs": local,
-             "jobs": {k: {"id": ids[k], "log": logs[k], "parents": parents.get(k, [])} for k in ids}}
+    state = {
+        "commit": commit,
+        "remote": remote,
+        "run_dir": str(run_dir),
+        "final_runs": local,
+        "jobs": {k: {"id": ids[k], "log": logs[k], "parents": parents.get(k, [])} for k in ids},
+    }
     (root / STATE).write_text(json.dumps(state, indent=1))
     for k, job_id in ids.items():
         print(f"{k:<28} job {job_id:<8} log {logs[k]}")
-    print(f"cluster: {len(ids)} jobs submitted; `python -m inflection_layers.cluster status` (state: {STATE})")
+    print(f"cluster: {len(ids)} jobs submitted; `python -m inflection_layers.tools.cluster status` (state: {STATE})")
     return 0
 
 
@@ -207,14 +230,18 @@ def job_state(job_id: str, log: str) -> dict[str, str]:
     run = subprocess.run(["scontrol", "show", "job", "-o", job_id], check=False, capture_output=True, text=True)
     if run.returncode == 0 and "JobState=" in run.stdout:
         return dict(re.findall(r"(JobState|Reason|ExitCode)=(\S+)", run.stdout))
-    run = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,ExitCode"],
-                         check=False, capture_output=True, text=True)
+    run = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,ExitCode"], check=False, capture_output=True, text=True
+    )
     if run.returncode == 0 and run.stdout.strip():
         state, code = run.stdout.split("\n")[0].split("|")[:2]
         return {"JobState": state.split()[0], "Reason": "None", "ExitCode": code}
     done = Path(log).exists() and Path(log).read_text(errors="replace").rstrip().endswith(": done")
-    return {"JobState": "COMPLETED" if done else "UNKNOWN", "Reason": "Slurm forgot it; state from its log",
-            "ExitCode": "0:0" if done else "?"}
+    return {
+        "JobState": "COMPLETED" if done else "UNKNOWN",
+        "Reason": "Slurm forgot it; state from its log",
+        "ExitCode": "0:0" if done else "?",
+    }
 
 
 def tail(path: str, lines: int = 5) -> str:
@@ -228,9 +255,12 @@ def status(root: Path, quiet: bool = False) -> tuple[int, bool]:
     state = json.loads((root / STATE).read_text())
     rows = {stage: (job, job_state(job["id"], job["log"])) for stage, job in state["jobs"].items()}
     active = any(st["JobState"] in ACTIVE and st.get("Reason") != "DependencyNeverSatisfied" for _, st in rows.values())
-    failed = [(s, j, st) for s, (j, st) in rows.items()
-              if st["JobState"] not in ACTIVE | {"COMPLETED", "CANCELLED"} or
-              (st["JobState"] == "CANCELLED" and st.get("Reason") != "DependencyNeverSatisfied")]
+    failed = [
+        (s, j, st)
+        for s, (j, st) in rows.items()
+        if st["JobState"] not in ACTIVE | {"COMPLETED", "CANCELLED"}
+        or (st["JobState"] == "CANCELLED" and st.get("Reason") != "DependencyNeverSatisfied")
+    ]
     if not quiet:
         for stage, (job, st) in rows.items():
             why = f" ({st['Reason']})" if st.get("Reason", "None") != "None" else ""

@@ -1,27 +1,26 @@
-"""Tables of (input, expected) for the pure layer-selection functions in inflection_layers.select."""
+"""Tables of (input, expected) for the pure layer-selection functions (inflection_layers.bands) and the `select` stage's grouping."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-import pandas as pd
-
-from inflection_layers.cells import Group
-from inflection_layers.config import Ski
-from inflection_layers.select import (
+from inflection_layers.bands import (
     cap_band,
     complement,
-    draw_rng,
     greedy_centers,
     local_maxima,
     random_bands,
     select_band,
-    select_group,
     ski_scores,
+    top_band,
     top_k,
     widen,
 )
+from inflection_layers.cells import Group
+from inflection_layers.config import Ski
+from inflection_layers.select import draw_rng, select_group
 
 # H/max = [.25, .5, 1], G/max = [1, .5, .25]  ->  1 - . = [.75, .5, 0] and [0, .5, .75]
 H3, G3 = [1.0, 2.0, 4.0], [4.0, 2.0, 1.0]
@@ -195,26 +194,42 @@ def _group(regime: str = "over", target: str = "rt", seed: int = 42) -> Group:
     return Group(target, regime, seed)
 
 
-@pytest.mark.parametrize("num_layers, band, draws", [(12, [0, 1, 4, 5, 6], 5), (12, [4, 5, 6], 5), (6, [4, 5], 5), (24, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 5)])
-def test_random_bands_are_disjoint_from_the_band_where_the_depth_allows(num_layers, band, draws):
+@pytest.mark.parametrize(
+    "num_layers, band, draws",
+    [
+        (12, [0, 1, 4, 5, 6], 5),
+        (12, [4, 5, 6], 5),
+        (6, [4, 5], 5),
+        (6, [3, 4, 5], 19),
+        (24, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 5),
+    ],
+)
+def test_random_bands_are_distinct_bands_of_the_bands_size_never_the_band(num_layers, band, draws):
     rand = random_bands(num_layers, band, draws, draw_rng(_group()))
-    assert len(rand) == draws and len({tuple(r["layers"]) for r in rand}) == draws  # distinct draws
+    assert len(rand) == draws and len({tuple(r["layers"]) for r in rand}) == draws  # without replacement
     for r in rand:
-        assert len(r["layers"]) == len(band) and r["overlap"] == 0 and not set(r["layers"]) & set(band)
+        assert len(r["layers"]) == len(band) and r["layers"] != band and r["layers"] == sorted(r["layers"])
+        assert r["overlap"] == len(set(r["layers"]) & set(band)) and r["mean_layer"] == pytest.approx(
+            np.mean(r["layers"])
+        )
         assert all(isinstance(i, int) and 0 <= i < num_layers for i in r["layers"])
 
 
-def test_random_bands_keep_a_contiguous_band_contiguous_when_enough_such_bands_exist():
-    rand = random_bands(12, [4, 5, 6], 5, draw_rng(_group()))
-    assert all(r["contiguous"] and r["tier"] == "disjoint, same shape" for r in rand)
+@pytest.mark.parametrize(
+    "num_layers, band, expected", [(6, [3, 4, 5], 19), (6, [0], 5), (4, [0, 1, 2, 3], 0), (12, [4, 5, 6], 219)]
+)
+def test_every_band_is_c_l_k_minus_one(num_layers, band, expected):
+    """`ski.random_draws: all` trains every other band of the size: C(L, k) - 1 (MiniLM, a 3-layer band: 19)."""
+    rand = random_bands(num_layers, band, None, draw_rng(_group()))
+    assert len(rand) == expected and band not in [r["layers"] for r in rand]
 
 
-def test_random_bands_relax_shape_then_overlap_and_say_so():
-    # 6 layers and a band of 3: one disjoint band exists (the other three layers); the rest must overlap
-    rand = random_bands(6, [3, 4, 5], 5, draw_rng(_group()))
-    assert rand[0]["layers"] == [0, 1, 2] and rand[0]["overlap"] == 0
-    assert [r["overlap"] for r in rand[1:]] == [1, 1, 1, 1] and all("overlaps the band in 1" in r["tier"] for r in rand[1:])
-    assert all(r["layers"] != [3, 4, 5] for r in rand)  # never the band itself
+def test_random_bands_have_the_depth_of_all_bands_not_only_the_layers_outside_the_band():
+    """Uniform over every band of size 3 on 12 layers but the band: the mean depth of many draws is the middle (5.5),
+    and draws overlap the band, so a band at the top is compared with bands at every depth."""
+    many = random_bands(12, [9, 10, 11], 200, np.random.default_rng(0))
+    assert np.mean([r["mean_layer"] for r in many]) == pytest.approx(5.5, abs=0.35)
+    assert any(r["overlap"] > 0 for r in many) and max(r["mean_layer"] for r in many) > 9
 
 
 def test_random_bands_differ_between_regimes_and_are_deterministic():
@@ -223,23 +238,50 @@ def test_random_bands_differ_between_regimes_and_are_deterministic():
     assert over == random_bands(12, [4, 5, 6], 5, draw_rng(_group("over"))) and over != under
 
 
-@pytest.mark.parametrize("values, k, expected", [([0.1, 0.5, 0.5, 0.2], 2, [1, 2]), ([3.0, 1.0, 2.0], 1, [0]), ([0.0, 0.0, 0.0], 2, [0, 1])])
+@pytest.mark.parametrize(
+    "num_layers, k, expected", [(6, 3, [3, 4, 5]), (6, 1, [5]), (12, 5, [7, 8, 9, 10, 11]), (3, 3, [0, 1, 2])]
+)
+def test_top_band(num_layers, k, expected):
+    assert top_band(num_layers, k) == expected
+
+
+@pytest.mark.parametrize("bad", [0, 7])
+def test_top_band_refuses_a_size_outside_the_model(bad):
+    with pytest.raises(ValueError, match="k must be in"):
+        top_band(6, bad)
+
+
+@pytest.mark.parametrize(
+    "values, k, expected", [([0.1, 0.5, 0.5, 0.2], 2, [1, 2]), ([3.0, 1.0, 2.0], 1, [0]), ([0.0, 0.0, 0.0], 2, [0, 1])]
+)
 def test_top_k(values, k, expected):
     assert top_k(np.array(values), k) == expected
 
 
-@pytest.mark.parametrize("band, scores, expected", [([4, 5], [0.1, 0.3, 0.2, 0.0, 0.9, 0.8], [0, 3]), ([0, 1, 2, 3], [0.5, 0.5, 0.5, 0.5, 0.1, 0.2], [4, 5])])
+@pytest.mark.parametrize(
+    "band, scores, expected",
+    [([4, 5], [0.1, 0.3, 0.2, 0.0, 0.9, 0.8], [0, 3]), ([0, 1, 2, 3], [0.5, 0.5, 0.5, 0.5, 0.1, 0.2], [4, 5])],
+)
 def test_complement_takes_the_lowest_scoring_layers_outside_the_band(band, scores, expected):
     assert complement(band, np.array(scores)) == expected
 
 
 def test_select_group_gives_every_band_at_the_band_size():
-    layers = [{"layer": l, "metric": m, "value": v} for l in range(6) for m, v in
-              (("entropy", H6[l]), ("act_grad", G6[l]), ("rgn", [0.1, 0.2, 0.9, 0.3, 0.8, 0.4][l]), ("io_change", [0.5, 0.1, 0.2, 0.3, 0.4, 0.6][l]))]
+    layers = [
+        {"layer": l, "metric": m, "value": v}
+        for l in range(6)
+        for m, v in (
+            ("entropy", H6[l]),
+            ("act_grad", G6[l]),
+            ("rgn", [0.1, 0.2, 0.9, 0.3, 0.8, 0.4][l]),
+            ("io_change", [0.5, 0.1, 0.2, 0.3, 0.4, 0.6][l]),
+        )
+    ]
     layers.append({"layer": -1, "metric": "act_grad", "value": 9.0})
     p = Ski(method="local_max", alpha=0.5, s=1, threshold=0.25, max_band=None, random_draws=3)
     result, table = select_group(pd.DataFrame(layers), p, _group())
     assert result["band"] == [2, 3, 4] and result["rgn"] == [2, 4, 5] and result["cka"] == [0, 4, 5]
     assert result["complement"] == [0, 1, 5] or len(result["complement"]) == 3
-    assert len(result["random"]) == 3 and result["random_disjoint"] == 1
-    assert list(table["in_band"]) == [0, 0, 1, 1, 1, 0]
+    assert len(result["random"]) == 3 and all(len(r["layers"]) == 3 for r in result["random"])
+    assert result["top"] == [3, 4, 5] and result["top_is_band"] is False
+    assert list(table["in_band"]) == [0, 0, 1, 1, 1, 0] and list(table["in_top"]) == [0, 0, 0, 1, 1, 1]

@@ -1,0 +1,1 @@
+"""The report stage's library: statistics, verdict rules, the paper's numbers, claims, tables, figures and prose."""

@@ -1,0 +1,1 @@
+"""Hand-run tools, not stages of the study: benchmark, learning-rate sweep, Slurm adapter, reproduction check."""
