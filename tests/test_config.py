@@ -99,7 +99,7 @@ BAD = [
     ("study.seeds", "42", "a value of type list"),
     ("study.strategies", ["head", "full"], "includes 'none'"),
     ("study.strategies", ["none", "lora_all"], "values among"),
-    ("study.lora_strategies", ["lora_everywhere"], "values among"),
+    ("study.peft_strategies", ["lora_everywhere"], "values among"),
     ("data.source", "s3", "auto"),
     ("data.dir", 3, "a string"),
     ("data.sst2_subsample", -5, ">= 0"),

@@ -8,10 +8,13 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from transformers import BertForSequenceClassification
 
+from conftest import tiny_config
 from inflection_layers.diagnostics import (
     ActivationGradRecorder,
     attention_entropy,
+    attention_rank,
     encoder_parts,
     layer_attention_entropy,
     logit_margin,
@@ -146,28 +149,111 @@ def per_token_reference(model: nn.Module, batch: dict[str, torch.Tensor]) -> tup
     ).float()
 
 
+def example_norm_reference(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The paper's ||dL/dh_l|| by autograd: per example the L2 norm over its valid tokens, then the mean over examples."""
+    out = model(**batch, output_hidden_states=True)
+    grads = torch.autograd.grad(out.loss, out.hidden_states)  # L + 1 of (B, T, D)
+    valid = batch["attention_mask"].bool()[:, :, None]
+    return torch.stack([torch.where(valid, g, 0.0).double().pow(2).sum((1, 2)).sqrt().mean() for g in grads]).float()
+
+
 def test_recorder_matches_autograd(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
-    want, want_cls = per_token_reference(tiny_bert, tiny_batch)
+    want_tok, want_cls = per_token_reference(tiny_bert, tiny_batch)
+    want = example_norm_reference(tiny_bert, tiny_batch)
     with ActivationGradRecorder(tiny_bert) as rec:
         tiny_bert(**tiny_batch).loss.backward()
-    got = rec.norms(tiny_batch["attention_mask"])
-    assert got.shape == (4,)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
-    torch.testing.assert_close(rec.cls_norms(), want_cls, rtol=1e-5, atol=0)
+    mask = tiny_batch["attention_mask"]
+    assert rec.norms(mask).shape == (4,)
+    torch.testing.assert_close(rec.norms(mask).float(), want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(rec.token_mean(mask).float(), want_tok, rtol=1e-5, atol=0)
+    torch.testing.assert_close(rec.cls_norms().float(), want_cls, rtol=1e-5, atol=0)
 
 
-def test_the_last_layer_is_averaged_over_tokens_like_every_other(
+def test_the_last_layer_is_not_diluted_by_the_sentence_length(
     tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]
 ) -> None:
-    """Only the first token of the last layer gets a gradient (the head reads it alone); its per-token
-    mean still divides by every valid token, as at every other layer, so it is not a [CLS]-only figure."""
+    """Only the first token of the last layer gets a gradient (the head reads it alone): the primary measure is then
+    that token's norm, while the token mean divides it by every valid token."""
     with ActivationGradRecorder(tiny_bert) as rec:
         tiny_bert(**tiny_batch).loss.backward()
     mask = tiny_batch["attention_mask"]
     n_valid, B = int(mask.sum()), mask.shape[0]
-    last = rec.norms(mask)[-1]
-    torch.testing.assert_close(last, rec.cls_norms()[-1] * B / n_valid, rtol=1e-5, atol=0)
-    assert (rec.norms(mask)[:-1] > 0).all()
+    torch.testing.assert_close(rec.norms(mask)[-1], rec.cls_norms()[-1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(rec.token_mean(mask)[-1], rec.cls_norms()[-1] * B / n_valid, rtol=1e-5, atol=0)
+
+
+def test_the_primary_measure_keeps_its_top_layer_ratio_from_8_to_64_tokens() -> None:
+    """Sequence length 8 -> 64 on a tiny random BERT: the primary measure's top/below ratio and its top value stay the
+    same, while the token mean at the top layer falls as 1/T (8x)."""
+    torch.manual_seed(0)
+    config = tiny_config(3)
+    config.max_position_embeddings = 128
+    model = BertForSequenceClassification(config).eval()
+    primary, token = {}, {}
+    for T in (8, 64):
+        g = torch.Generator().manual_seed(1)
+        batch = {
+            "input_ids": torch.randint(5, 99, (8, T), generator=g),
+            "attention_mask": torch.ones(8, T, dtype=torch.long),
+            "labels": torch.tensor([0, 1] * 4),
+        }
+        with ActivationGradRecorder(model) as rec:
+            model(**batch).loss.backward()
+        primary[T], token[T] = rec.norms(batch["attention_mask"]), rec.token_mean(batch["attention_mask"])
+        model.zero_grad()
+    ratio = {T: float(v[-1] / v[-2]) for T, v in primary.items()}
+    assert ratio[64] == pytest.approx(ratio[8], rel=0.02)
+    assert float(primary[64][-1]) == pytest.approx(float(primary[8][-1]), rel=0.02)
+    assert float(token[64][-1] / token[8][-1]) == pytest.approx(8 / 64, rel=0.05)
+
+
+def uniform(T: int) -> torch.Tensor:
+    return torch.full((T, T), 1.0 / T)
+
+
+def one_column(T: int, j: int) -> torch.Tensor:
+    a = torch.zeros(T, T)
+    a[:, j] = 1.0
+    return a
+
+
+@pytest.mark.parametrize(
+    ("block", "rank", "mass", "first"),
+    [
+        (uniform(5), 1, 1 / 5, True),  # uniform: rank 1, mass 1/T (argmax ties: the first column)
+        (torch.eye(6), 6, 1 / 6, True),  # identity: full rank
+        (one_column(4, 0), 1, 1.0, True),  # every row on the first token: the attention sink
+        (one_column(4, 2), 1, 1.0, False),
+        (
+            torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]),
+            2,
+            1 / 3,
+            True,
+        ),  # 90% energy needs 2 of 2 non-zero
+    ],
+)
+def test_attention_rank_on_hand_built_matrices(block: torch.Tensor, rank: int, mass: float, first: bool) -> None:
+    T = block.shape[0]
+    r = attention_rank(block.expand(1, 2, T, T), torch.ones(1, T, dtype=torch.long))
+    assert r["rank"].tolist() == [[rank, rank]] and r["length"].tolist() == [T]
+    torch.testing.assert_close(r["column_mass"], torch.full((1, 2), mass, dtype=torch.float64))
+    assert r["first_column"].tolist() == [[first, first]]
+
+
+def test_padding_changes_no_rank_measure() -> None:
+    torch.manual_seed(0)
+    n, T = 4, 7
+    real = torch.softmax(torch.randn(1, 3, n, n), -1)
+    ref = attention_rank(real, torch.ones(1, n, dtype=torch.long))
+    padded = torch.rand(2, 3, T, T)  # garbage everywhere, then the real block of example 1 at its valid positions
+    mask = torch.zeros(2, T, dtype=torch.long)
+    mask[0] = 1
+    mask[1, :n] = 1
+    padded[1, :, :n, :n] = real[0]
+    got = attention_rank(padded, mask)
+    assert got["rank"][1].tolist() == ref["rank"][0].tolist() and got["length"].tolist() == [T, n]
+    torch.testing.assert_close(got["column_mass"][1], ref["column_mass"][0])
+    assert got["first_column"][1].tolist() == ref["first_column"][0].tolist()
 
 
 def test_recorder_keeps_param_grads(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
@@ -194,7 +280,7 @@ def test_recorder_with_frozen_encoder(tiny_bert: nn.Module, tiny_batch: dict[str
 
 def test_recorder_lifecycle(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Tensor]) -> None:
     second = {**tiny_batch, "labels": 1 - tiny_batch["labels"]}
-    want, _ = per_token_reference(tiny_bert, second)  # also installs HF's own (permanent) capture hooks
+    want = example_norm_reference(tiny_bert, second)  # also installs HF's own (permanent) capture hooks
     emb, layers = encoder_parts(tiny_bert)
     n_hooks = lambda: len(emb._forward_hooks) + sum(len(m._forward_hooks) for m in layers)  # noqa: E731
     before = n_hooks()
@@ -209,7 +295,7 @@ def test_recorder_lifecycle(tiny_bert: nn.Module, tiny_batch: dict[str, torch.Te
         last = rec.norms(second["attention_mask"])
         assert n_hooks() == before + 4
     assert not torch.equal(first, last)
-    torch.testing.assert_close(last, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(last.float(), want, rtol=1e-5, atol=0)
     assert n_hooks() == before  # hooks removed on exit
 
 

@@ -71,12 +71,18 @@ def test_no_paper_number_is_typed_in_the_code_or_its_docstrings():
     The `paper` profile sets the paper's *setup*, which a profile test checks against stated.csv."""
     df = pd.read_csv(STATED, dtype=str).fillna("")
     results = df[~df["kind"].isin(["setup", "greedy_threshold", "accuracy_gap", "entropy_min_layer", "ski_band"])]
-    def distinctive(v: str) -> bool:  # a range, a power of ten, or at least 3 significant digits (not a layout constant)
+
+    def distinctive(
+        v: str,
+    ) -> bool:  # a range, a power of ten, or at least 3 significant digits (not a layout constant)
         return bool(re.search(r"\d-\d|e-", v)) or len(re.sub(r"\D", "", v).lstrip("0")) >= 3
 
     values = {v for v in results["value"] if distinctive(v)}
     assert {"91.59", "0.02-0.04", "1.9e-6", "300000"} <= values  # the set is read from the data, not typed here
-    files = [*sorted((ROOT / "src" / "inflection_layers").rglob("*.py")), ROOT / "src/inflection_layers/conf/config.yaml"]
+    files = [
+        *sorted((ROOT / "src" / "inflection_layers").rglob("*.py")),
+        ROOT / "src/inflection_layers/conf/config.yaml",
+    ]
     for f in files:
         text = f.read_text()
         found = {v for v in values if re.search(rf"(?<![\d.]){re.escape(v)}(?![\d])", text)}

@@ -105,7 +105,7 @@ def test_definitions_read_tidy_columns_only():
     """x is the figure's x column and y is `value`: nothing names a seed, a target, a regime or a strategy."""
     study = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf8")).get("study", {})
     specific = {
-        str(v) for key in ("targets", "regimes", "seeds", "strategies", "lora_strategies") for v in study.get(key) or []
+        str(v) for key in ("targets", "regimes", "seeds", "strategies", "peft_strategies") for v in study.get(key) or []
     }
     series, _ = definitions()
     for pid, props in series.items():

@@ -113,9 +113,9 @@ def known_error(rc: int, log: str, stage: str) -> str:
     lines = [line for line in log.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], log[-4000:]
-    assert errors[0].startswith(f"error: {stage}: ") and errors[0].endswith(
+    assert re.match(rf"error: {re.escape(stage)}(_peft|_tau)?(@[\w-]+)?: ", errors[0]) and errors[0].endswith(
         f"(set {TRACEBACK_ENV}=1 for the traceback)"
-    )
+    ), errors[0]
     return errors[0]
 
 
@@ -315,7 +315,8 @@ SELECT = (
     f"plots/selection/{GROUP}.csv",
 )
 LORA = (
-    "--lora",
+    "--kind",
+    "peft",
     "--group",
     GROUP,
     "--source",
@@ -325,11 +326,11 @@ LORA = (
     "--selection",
     f"metrics/selection/{GROUP}.json",
     "--out",
-    f"models/finetune_lora/{GROUP}",
+    f"models/finetune_peft/{GROUP}",
     "--metrics",
-    f"metrics/finetune_lora/{GROUP}",
+    f"metrics/finetune_peft/{GROUP}",
     "--plots",
-    f"plots/finetune_lora/{GROUP}",
+    f"plots/finetune_peft/{GROUP}",
 )
 SOURCE = (
     "--regime",
@@ -484,8 +485,8 @@ CASES: dict[str, Case] = {
     "truncated-parquet:diagnose": Case(
         "diagnose", ("--model", "models/source/under-42", *DIAGNOSE), setup=truncated_parquet, outputs=("metrics",)
     ),
-    "truncated-json:finetune_lora": Case(
-        "finetune", LORA, setup=truncated_selection, outputs=("models", "metrics/finetune_lora", "plots")
+    "truncated-json:finetune_peft": Case(
+        "finetune", LORA, setup=truncated_selection, outputs=("models", "metrics/finetune_peft", "plots")
     ),
     "truncated-csv-mid-file:select": Case(
         "select",
@@ -901,7 +902,7 @@ def test_nan_weights_of_the_same_size_are_named_by_the_stage_that_loads_them(
     line = refused(stage_runs, name)
     assert re.search(
         rf"{re.escape(shown)}: parameter \S*embeddings\.word_embeddings\.weight holds non-finite values \(NaN or inf\); "
-        r"the checkpoint is damaged",
+        r"(it is written by stage \S+: rerun `dvc repro -f \S+`|delete it and rerun the stage that writes it)",
         line,
     ), line
 
@@ -912,16 +913,16 @@ def test_nan_weights_of_the_same_size_are_named_by_the_stage_that_loads_them(
 def test_a_truncated_parquet_names_the_file_and_the_stage_that_writes_it(stage_runs: dict[str, Run]) -> None:
     line = refused(stage_runs, "truncated-parquet:diagnose")
     assert re.search(
-        r"error: diagnose: data/prepared/rt_train\.parquet: truncated or corrupt parquet file \(.*\); "
+        r"error: diagnose@[\w-]+: data/prepared/rt_train\.parquet: truncated or corrupt parquet file \(.*\); "
         r"it is written by stage prepare: rerun `dvc repro -f prepare`",
         line,
     ), line
 
 
 def test_a_truncated_selection_names_the_file_and_the_stage_that_writes_it(stage_runs: dict[str, Run]) -> None:
-    line = refused(stage_runs, "truncated-json:finetune_lora")
+    line = refused(stage_runs, "truncated-json:finetune_peft")
     assert re.search(
-        rf"error: finetune: metrics/selection/{GROUP}\.json: truncated or corrupt JSON file \(.*\); "
+        rf"error: finetune_peft@{GROUP}: metrics/selection/{GROUP}\.json: truncated or corrupt JSON file \(.*\); "
         rf"it is written by stage select@{GROUP}: rerun `dvc repro -f select@{GROUP}`",
         line,
     ), line
@@ -935,7 +936,7 @@ def test_a_truncated_diagnose_table_names_the_file_and_the_stage_that_writes_it(
 ) -> None:
     line = refused(stage_runs, name)
     assert re.search(
-        rf"error: select: metrics/diagnose/{GROUP}\.csv: .*it is written by stage diagnose@{GROUP}", line
+        rf"error: select@{GROUP}: metrics/diagnose/{GROUP}\.csv: .*it is written by stage diagnose@{GROUP}", line
     ), line
 
 
@@ -1161,15 +1162,17 @@ def test_source_stops_at_the_step_of_a_nan_loss_and_writes_nothing(
 @pytest.mark.parametrize(
     ("damage", "why"),
     [
-        (lambda b: b"", "shorter than the 8-byte header"),
-        (lambda b: b[:5], "shorter than the 8-byte header"),
-        (lambda b: b[:100], "header of .* bytes announced"),
-        (lambda b: b[: len(b) // 2], "expected .* bytes from its header"),
-        (lambda b: b[:-1], "expected .* bytes from its header"),
-        (lambda b: b + b"\0" * 16, "expected .* bytes from its header"),
-        (lambda b: b[:8] + b"#" * (len(b) - 8), "unreadable header"),
+        (lambda b: b"", r"truncated safetensors file \(0 bytes, shorter than its 8-byte header"),
+        (lambda b: b[:5], r"truncated safetensors file \(5 bytes, shorter than its 8-byte header"),
+        (lambda b: b[:100], r"truncated safetensors file \(a header of .* bytes announced"),
+        (lambda b: b[: len(b) // 2], r"truncated safetensors file \(expected .* bytes from its header"),
+        (lambda b: b[:-1], r"truncated safetensors file \(expected .* bytes from its header"),
+        (lambda b: b + b"\0" * 16, r"truncated safetensors file \(expected .* bytes from its header"),
+        (lambda b: b[:8] + b"#" * (len(b) - 8), r"not a safetensors file \(no JSON header after its first 8 bytes\)"),
+        (lambda b: b"\x80\x04\x95" + b[3:], r"not a safetensors file \(a Python pickle"),
+        (lambda b: b"PK\x03\x04" + b[4:], r"not a safetensors file \(a zip archive \(torch.save's format\)\)"),
     ],
-    ids=["empty", "5-bytes", "mid-header", "half", "one-byte-short", "extra-bytes", "garbage-header"],
+    ids=["empty", "5-bytes", "mid-header", "half", "one-byte-short", "extra-bytes", "garbage-header", "pickle", "zip"],
 )
 def test_damaged_safetensors_is_refused_naming_the_file(
     tiny_bert: torch.nn.Module, tmp_path: Path, damage, why: str
@@ -1177,9 +1180,7 @@ def test_damaged_safetensors_is_refused_naming_the_file(
     tiny_bert.save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
-    with pytest.raises(
-        ModelError, match=rf"^{re.escape(str(weights))}: truncated or corrupt safetensors file \(.*{why}"
-    ):
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(weights))}: {why}.*rerun the stage that writes it"):
         load_model(str(tmp_path))
 
 

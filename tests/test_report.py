@@ -15,7 +15,7 @@ import yaml
 
 from inflection_layers import report
 from inflection_layers.cells import cells as cells_of
-from inflection_layers.cells import family, groups, is_lora, sources
+from inflection_layers.cells import family, groups, is_peft, sources
 from inflection_layers.config import parse_params
 from inflection_layers.reporting.claims_base import CLAIM_COLUMNS
 from inflection_layers.reporting.figures import FIGURES
@@ -117,7 +117,7 @@ def write_study(root: Path, seeds: list[int], **overrides: dict) -> None:
     labels = np.arange(N) % 2
     for cell in cells_of(params):
         g, s, key = cell.group, cell.strategy, cell.key()
-        kind = "finetune_lora" if is_lora(s) else "finetune"
+        kind = "finetune_peft" if is_peft(s) else "finetune"
         sel = selection[g.name]
         layers = (
             list(range(L))
@@ -125,7 +125,7 @@ def write_study(root: Path, seeds: list[int], **overrides: dict) -> None:
             else sel["random"][int(s[-1])]["layers"]
             if family(s) == "lora_random"
             else sel[lora_key[family(s)]]
-            if is_lora(s)
+            if is_peft(s)
             else []
         )
         params_n = {"none": 0, "head": 2 * W + 2, "shallow": 5000, "full": 20000, "bitfit": 300}.get(
@@ -246,13 +246,13 @@ def write_study(root: Path, seeds: list[int], **overrides: dict) -> None:
 ARGS = [
     "--cells",
     "models/finetune",
-    "models/finetune_lora",
+    "models/finetune_peft",
     "--cell-metrics",
     "metrics/finetune",
-    "metrics/finetune_lora",
+    "metrics/finetune_peft",
     "--cell-plots",
     "plots/finetune",
-    "plots/finetune_lora",
+    "plots/finetune_peft",
     "--source",
     "metrics/source",
     "--diagnose",
@@ -347,7 +347,7 @@ def test_summary_has_numbers_only(study: Path):
         *(study / "metrics" / "source").glob("*.json"),
         *(
             p
-            for kind in ("finetune", "finetune_lora")
+            for kind in ("finetune", "finetune_peft")
             for p in (study / "metrics" / kind).glob("*/*.json")
             if p.name != "stage.json"
         ),
@@ -388,7 +388,7 @@ def test_a_profile_without_lora_cr_or_under_degrades_to_inconclusive(tmp_path: P
             "targets": ["rt"],
             "regimes": ["over"],
             "strategies": ["none", "head", "shallow"],
-            "lora_strategies": [],
+            "peft_strategies": [],
         },
         analysis={"strategies": ["none", "shallow"]},
     )

@@ -1,5 +1,5 @@
-"""Strategies on tiny random BERT and MPNet models: exact trainable names and counts, LoRA layer mapping per
-architecture, one step changes only what is trainable, and every strategy sees the same batches."""
+"""Strategies on tiny random BERT and MPNet models: exact trainable names and counts (LoRA, IA3, prefix), the
+adapted modules per architecture, one step changes only what is trainable, and every strategy sees the same batches."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import torch
 from transformers import BertForSequenceClassification
 
 from conftest import params_with, tiny_config, tiny_mpnet
+from inflection_layers.adapt import CellRun, GroupData, train_runs
+from inflection_layers.cells import Cell, Group
 from inflection_layers.config import Lora
-from inflection_layers.finetune import GroupData, train_cell
 from inflection_layers.precision import Precision
-from inflection_layers.strategies import apply_strategy, lora_layers, targeted_modules, trainable_parameters
+from inflection_layers.strategies import adapted_layers, apply_strategy, targeted_modules, trainable_parameters
 from inflection_layers.training import batch_stream
 
 H, I, L = 32, 37, 3  # tiny_config: hidden, intermediate, layers
@@ -32,7 +33,11 @@ def lora_per_layer(r: int, hidden: int, targets: int = 3) -> int:
 def build(strategy: str, layers: list[int] | None = None, arch: str = "bert") -> torch.nn.Module:
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(L)) if arch == "bert" else tiny_mpnet(L)
-    return apply_strategy(model, strategy, shallow_k=2, lora=LORA, layers=layers)
+    return apply_strategy(model, strategy, shallow_k=2, lora=LORA, layers=layers, prefix_tokens=5)
+
+
+IA3_BERT = H + H + I  # key and value outputs (H each), the feed-forward output's input (I); not attention.output.dense
+PREFIX = 5 * L * 2 * H  # 5 virtual tokens' key and value in every layer
 
 
 @pytest.mark.parametrize(
@@ -48,6 +53,10 @@ def build(strategy: str, layers: list[int] | None = None, arch: str = "bert") ->
         ("lora_complement", [1], lora_per_layer(2, H) + CLASSIFIER),
         ("lora_rgn", [0], lora_per_layer(2, H) + CLASSIFIER),
         ("lora_cka", [2], lora_per_layer(2, H) + CLASSIFIER),
+        ("lora_top", [1, 2], 2 * lora_per_layer(2, H) + CLASSIFIER),
+        ("ia3_all", [0, 1, 2], 3 * IA3_BERT + CLASSIFIER),
+        ("ia3_selective", [1], IA3_BERT + CLASSIFIER),
+        ("prefix", [0, 1, 2], PREFIX + CLASSIFIER),
     ],
 )
 def test_exact_trainable_counts_bert(strategy: str, layers: list[int] | None, expected: int) -> None:
@@ -61,6 +70,8 @@ def test_exact_trainable_counts_bert(strategy: str, layers: list[int] | None, ex
         ("shallow", None, 2 * LAYER + MPNET_HEAD),  # no pooler in MPNet
         ("lora_selective", [0, 2], 2 * lora_per_layer(2, H) + MPNET_HEAD),
         ("lora_all", [0, 1, 2], 3 * lora_per_layer(2, H) + MPNET_HEAD),
+        ("ia3_all", [0, 1, 2], 3 * IA3_BERT + MPNET_HEAD),
+        ("ia3_selective", [0, 2], 2 * IA3_BERT + MPNET_HEAD),
     ],
 )
 def test_exact_trainable_counts_mpnet(strategy: str, layers: list[int] | None, expected: int) -> None:
@@ -72,6 +83,37 @@ def test_mpnet_lora_adapts_q_k_v_of_the_band() -> None:
     assert targeted_modules(model) == sorted(
         f"mpnet.encoder.layer.{l}.attention.attn.{m}" for l in (0, 2) for m in "qkv"
     )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "layers", "arch", "modules"),
+    [
+        ("ia3_all", [0, 1, 2], "bert", ["attention.self.key", "attention.self.value", "output.dense"]),
+        ("ia3_selective", [1], "bert", ["attention.self.key", "attention.self.value", "output.dense"]),
+        ("ia3_selective", [0, 2], "mpnet", ["attention.attn.k", "attention.attn.v", "output.dense"]),
+        ("lora_top", [1, 2], "bert", ["attention.self.key", "attention.self.query", "attention.self.value"]),
+    ],
+)
+def test_the_adapted_modules_of_each_peft_strategy(
+    strategy: str, layers: list[int], arch: str, modules: list[str]
+) -> None:
+    """IA3 scales keys, values and the feed-forward output (never attention.output.dense, which the suffix
+    'output.dense' would also match); selective cells touch only the band's layers."""
+    root = "bert" if arch == "bert" else "mpnet"
+    assert targeted_modules(build(strategy, layers, arch)) == sorted(
+        f"{root}.encoder.layer.{l}.{m}" for l in layers for m in modules
+    )
+
+
+def test_prefix_tuning_wraps_no_module_and_says_where_it_acts() -> None:
+    assert targeted_modules(build("prefix", [0, 1, 2])) == [
+        "prefix: 5 virtual tokens prepended to the keys and values of layers 0-2"
+    ]
+
+
+def test_prefix_tuning_is_refused_for_mpnet() -> None:
+    with pytest.raises(ValueError, match="past_key_values"):
+        build("prefix", [0, 1, 2], "mpnet")
 
 
 def test_full_trains_everything() -> None:
@@ -110,22 +152,38 @@ def test_lora_band_maps_to_layer_indices(layers: list[int]) -> None:
     }
 
 
-def test_lora_layers_come_from_the_selection() -> None:
-    selection = {
-        "band": [1, 2],
-        "complement": [0, 3],
-        "rgn": [3, 5],
-        "cka": [0, 5],
-        "random": [{"layers": [4, 5]}, {"layers": [0, 1]}],
-    }
-    assert lora_layers("lora_selective", 6, selection) == [1, 2]
-    assert lora_layers("lora_all", 6, selection) == [0, 1, 2, 3, 4, 5]
-    assert lora_layers("lora_random_1", 6, selection) == [0, 1]
-    assert (
-        lora_layers("lora_complement", 6, selection),
-        lora_layers("lora_rgn", 6, selection),
-        lora_layers("lora_cka", 6, selection),
-    ) == ([0, 3], [3, 5], [0, 5])
+SELECTION = {
+    "band": [1, 2],
+    "top": [4, 5],
+    "complement": [0, 3],
+    "rgn": [3, 5],
+    "cka": [0, 5],
+    "random": [{"layers": [4, 5]}, {"layers": [0, 1]}],
+}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        ("lora_selective", [1, 2]),
+        ("lora_all", [0, 1, 2, 3, 4, 5]),
+        ("lora_random_1", [0, 1]),
+        ("lora_top", [4, 5]),
+        ("lora_complement", [0, 3]),
+        ("lora_rgn", [3, 5]),
+        ("lora_cka", [0, 5]),
+        ("ia3_all", [0, 1, 2, 3, 4, 5]),
+        ("ia3_selective", [1, 2]),
+        ("prefix", [0, 1, 2, 3, 4, 5]),
+        ("lora_selective_tau", [1, 2]),
+        ("lora_selective_tau_ctrl", [1, 2]),
+        ("lora_selective_anneal", [1, 2]),
+        ("full", []),
+        ("none", []),
+    ],
+)
+def test_adapted_layers_come_from_the_selection(strategy: str, expected: list[int]) -> None:
+    assert adapted_layers(strategy, 6, SELECTION) == expected
 
 
 def test_lora_on_minilm_shape_counts_9216_per_layer() -> None:
@@ -185,10 +243,9 @@ def test_every_strategy_sees_the_same_batches_in_the_same_order() -> None:
         model.register_forward_pre_hook(
             lambda m, a, kw, s=strategy: seen[s].append(kw["input_ids"].clone()) or None, with_kwargs=True
         )
-        records, curve, tokens = train_cell(
-            model, params, data, torch.device("cpu"), Precision("fp32", "cpu", "test"), 1e-3, strategy
-        )
-        assert len(records) == 3 and [c["step"] for c in curve] == [0, 3, 6]
+        run = CellRun(Cell(Group("rt", "over", 42), strategy), model, layers or [], None, 1e-3, {0, 3, 6})
+        train_runs([run], params, data, torch.device("cpu"), Precision("fp32", "cpu", "test"))
+        assert len(run.records) == 3 and [c["step"] for c in run.curve] == [0, 3, 6]
     assert len(seen["full"]) == 7 + 3  # 7 training steps and 3 diagnostic measurements (steps 0, 3, 6)
     for other in ("bitfit", "lora_selective"):
         assert all(torch.equal(a, b) for a, b in zip(seen["full"], seen[other], strict=True))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from inflection_layers.errors import InputError
+from inflection_layers.errors import InputError, OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def stage_args(description: str, options: dict[str, str]) -> argparse.Namespace:
         "group": {"required": True, "type": Group.parse},
         "regime": {"required": True, "choices": ("under", "over")},
         "seed": {"required": True, "type": int},
-        "lora": {"action": "store_true"},
+        "kind": {"required": True, "choices": ("plain", "peft", "tau")},
     }
     for name, help_text in options.items():
         flag = "--" + name.rstrip("*?").replace("_", "-")
@@ -102,19 +102,35 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     so `path` holds the old complete output, nothing, or the new complete output at every instant.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    work = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(path)}{os.getpid()}-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        work = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(path)}{os.getpid()}-", dir=path.parent))
+    except OSError as e:
+        raise unwritable(path, e) from e
     target = work / path.name
     if is_dir:
         target.mkdir()
     try:
         yield target
-        if is_dir and (path.exists() or path.is_symlink()):
-            os.replace(path, work / f"{path.name}.old")  # rename, not rmtree: a kill here leaves nothing half-deleted
-        os.replace(target, path)
+        try:
+            if is_dir and (path.exists() or path.is_symlink()):
+                os.replace(
+                    path, work / f"{path.name}.old"
+                )  # rename, not rmtree: a kill here leaves nothing half-deleted
+            os.replace(target, path)
+        except OSError as e:
+            raise unwritable(path, e) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def unwritable(path: Path, e: OSError) -> OutputError:
+    """The one-line error for an output that cannot be written: which folder, and the system's reason."""
+    where = path.parent if path.parent != Path() else Path.cwd()
+    return OutputError(
+        f"cannot write {path} into the folder {where}: {e.strerror or e} (check its permissions and free space)"
+    )
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -152,7 +168,7 @@ def writer_of(path: str | Path, lock: str | Path = "dvc.lock") -> str | None:
     return None
 
 
-def _damaged(path: Path, what: str, detail: str) -> InputError:
+def damaged(path: Path, what: str, detail: str) -> InputError:
     stage = writer_of(path)
     rerun = f"rerun `dvc repro -f {stage}`" if stage else "rerun the stage that writes it"
     return InputError(
@@ -175,11 +191,9 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several types for truncated files
-        raise _damaged(
-            path, "truncated or corrupt parquet file", f"{type(e).__name__}: {str(e).splitlines()[0]}"
-        ) from e
+        raise damaged(path, "truncated or corrupt parquet file", f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     if columns is not None and not set(columns) <= set(df.columns):
-        raise _damaged(path, "unexpected columns", f"expected {columns}, found {list(df.columns)}")
+        raise damaged(path, "unexpected columns", f"expected {columns}, found {list(df.columns)}")
     return df
 
 
@@ -190,13 +204,13 @@ def read_csv(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame
         raise _missing(path)
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):  # every CSV this study writes ends with a newline: a cut file does not
-        raise _damaged(path, "truncated CSV file", f"its last line ends without a newline after {len(raw):,} bytes")
+        raise damaged(path, "truncated CSV file", f"its last line ends without a newline after {len(raw):,} bytes")
     try:
         df = pd.read_csv(path)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise _damaged(path, "truncated or corrupt CSV file", f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise damaged(path, "truncated or corrupt CSV file", f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     if columns is not None and not set(columns) <= set(df.columns):
-        raise _damaged(path, "unexpected columns", f"expected {columns}, found {list(df.columns)}")
+        raise damaged(path, "unexpected columns", f"expected {columns}, found {list(df.columns)}")
     return df
 
 
@@ -208,7 +222,7 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _damaged(path, "truncated or corrupt JSON file", str(e)) from e
+        raise damaged(path, "truncated or corrupt JSON file", str(e)) from e
 
 
 def read_npy(path: str | Path) -> np.ndarray:
@@ -219,6 +233,6 @@ def read_npy(path: str | Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise _damaged(
+        raise damaged(
             path, "truncated or corrupt array file", str(e).splitlines()[0] if str(e) else type(e).__name__
         ) from e

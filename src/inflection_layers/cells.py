@@ -2,14 +2,16 @@
 
 - A **source** is one source model: (regime, seed), named ``over-42``.
 - A **group** is one source model adapted to one target: (target, regime, seed), named
-  ``rt-over-42``. `diagnose`, `select`, `finetune` and `finetune_lora` run once per group.
+  ``rt-over-42``. `diagnose`, `select`, `intervene` and the three `finetune` stages run once per group.
 - A **cell** is one strategy in one group, named ``rt-over-42/lora_selective``. The random-band
   control has ``ski.random_draws`` cells per group, ``lora_random_0``, ``lora_random_1``, ...;
   their family is ``lora_random``.
 
-A cell's files live at ``<root>/<group>/<strategy>[suffix]``, where the root is the output folder
-that dvc.yaml gives the stage of the cell's kind (`finetune` for plain strategies, `finetune_lora`
-for LoRA ones); :func:`locate` finds a cell among the roots it is given.
+A cell's *kind* is the stage that trains it: ``plain`` (`finetune`: none, head, shallow, full, bitfit),
+``peft`` (`finetune_peft`: LoRA with every band selector, IA3, prefix tuning) or ``tau`` (`finetune_tau`:
+selective LoRA under the attention-temperature intervention). A cell's files live at
+``<root>/<group>/<strategy>[suffix]``, where the root is the output folder dvc.yaml gives the stage of its
+kind; :func:`locate` finds a cell among the roots it is given.
 
 **Layer index.** Layers are numbered as the encoder numbers them, 0 .. L-1; the embeddings' output is
 layer -1. A model's ``hidden_states`` tuple has L + 1 entries, so entry i is layer ``i - 1``
@@ -29,9 +31,14 @@ TARGETS = ("rt", "cr")
 TARGET_NAMES = {"rt": "Rotten Tomatoes", "cr": "customer reviews (CR)"}
 REGIMES = ("under", "over")
 EVAL_SPLITS = ("validation", "test")
-PLAIN_STRATEGIES = ("none", "head", "shallow", "full", "bitfit")
+PLAIN_STRATEGIES = ("none", "head", "shallow", "full", "bitfit")  # stage finetune
 LORA_STRATEGIES = ("lora_selective", "lora_all", "lora_random", "lora_top", "lora_complement", "lora_rgn", "lora_cka")
-STRATEGIES = PLAIN_STRATEGIES + LORA_STRATEGIES
+IA3_STRATEGIES = ("ia3_all", "ia3_selective")
+PEFT_STRATEGIES = LORA_STRATEGIES + IA3_STRATEGIES + ("prefix",)  # stage finetune_peft
+TAU_STRATEGIES = ("lora_selective_tau", "lora_selective_tau_ctrl", "lora_selective_anneal")  # stage finetune_tau
+STRATEGIES = PLAIN_STRATEGIES + PEFT_STRATEGIES + TAU_STRATEGIES
+KINDS = {"plain": PLAIN_STRATEGIES, "peft": PEFT_STRATEGIES, "tau": TAU_STRATEGIES}  # the stage kind of a family
+STUDY_LISTS = {"plain": "strategies", "peft": "peft_strategies", "tau": "tau_strategies"}  # its list in `study`
 FROZEN_ENCODER = ("none", "head")  # strategies whose encoder does not change: features computed once per group
 EMBEDDINGS_LAYER = -1
 
@@ -52,9 +59,18 @@ def draw(strategy: str) -> int | None:
     return int(strategy.rpartition("_")[2]) if family(strategy) == "lora_random" else None
 
 
-def is_lora(strategy: str) -> bool:
-    """Whether a cell's strategy is a LoRA one (it runs in `finetune_lora`)."""
-    return family(strategy) in LORA_STRATEGIES
+def kind(strategy: str) -> str:
+    """The stage kind of a cell: 'plain' (stage finetune), 'peft' (finetune_peft) or 'tau' (finetune_tau)."""
+    name = family(strategy)
+    for k, members in KINDS.items():
+        if name in members:
+            return k
+    raise ValueError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES)}")
+
+
+def is_peft(strategy: str) -> bool:
+    """Whether a cell trains a peft adapter (LoRA, IA3, prefix; the intervention cells are LoRA too)."""
+    return kind(strategy) != "plain"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -151,18 +167,22 @@ def groups(study: Any) -> list[Group]:
     return [Group(t, r, s) for t in study.targets for r in study.regimes for s in study.seeds]
 
 
+def strategy_names(params: Any, kinds: Iterable[str] = tuple(KINDS)) -> list[str]:
+    """The strategy lists of `study` for the given stage kinds, in study order."""
+    return [s for k in kinds for s in getattr(params.study, STUDY_LISTS[k])]
+
+
 def cells(
-    params: Any, lora: bool | None = None, analysis_only: bool = False, counts: dict[str, int] | None = None
+    params: Any, kinds: Iterable[str] = tuple(KINDS), analysis_only: bool = False, counts: dict[str, int] | None = None
 ) -> list[Cell]:
-    """Every cell of a params file: plain (lora False), LoRA (True) or both (None); `analysis_only` keeps
-    the cells whose representations are saved (`analysis.strategies`); `counts`: see :func:`draws_of`."""
-    study = params.study
-    names = (study.strategies if lora is not True else []) + (study.lora_strategies if lora is not False else [])
+    """Every cell of a params file, of the given stage kinds; `analysis_only` keeps the cells whose representations
+    are saved (`analysis.strategies`); `counts`: see :func:`draws_of`."""
+    names = strategy_names(params, kinds)
     keep = set(params.analysis.strategies)
     if analysis_only:
         names = [s for s in names if s in keep]
     out = []
-    for g in groups(study):
+    for g in groups(params.study):
         n = draws_of(params, g, counts) if "lora_random" in names else 0
         out += [Cell(g, s) for s in expand(names, n)]
     return out
@@ -179,5 +199,5 @@ def locate(roots: Sequence[Path | str], cell: Cell, suffix: str = "") -> Path:
             return path
     raise InputError(
         f"cell {cell.name}: none of {[str(c) for c in candidates]} exists; "
-        "run `dvc repro finetune finetune_lora` (the stages that write the cells) first"
+        "run `dvc repro finetune finetune_peft` (the stages that write the cells) first"
     )

@@ -48,7 +48,7 @@ def main() -> None:
     args = stage_args(
         "Stage `cka`: Delta-CKA per layer, source model vs every analysed cell.",
         {
-            "cells*": "folders of fine-tuned cells (models/finetune models/finetune_lora)",
+            "cells*": "folders of fine-tuned cells (models/finetune models/finetune_peft)",
             "table": "tidy CSV: layer, metric, value, target, regime, seed, strategy, family",
             "metrics": "per-cell summary JSON",
         },

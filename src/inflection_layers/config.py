@@ -19,7 +19,18 @@ from typing import Annotated, Any, Union
 
 import yaml
 
-from inflection_layers.cells import EVAL_SPLITS, LORA_STRATEGIES, PLAIN_STRATEGIES, REGIMES, TARGETS, family
+from inflection_layers.cells import (
+    EVAL_SPLITS,
+    IA3_STRATEGIES,
+    LORA_STRATEGIES,
+    PEFT_STRATEGIES,
+    PLAIN_STRATEGIES,
+    REGIMES,
+    STRATEGIES,
+    TARGETS,
+    TAU_STRATEGIES,
+    family,
+)
 from inflection_layers.errors import ParamError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -33,10 +44,10 @@ class AtLeast:
     low: float
 
     def ok(self, v: Any) -> bool:
-        return v is None or v >= self.low
+        return v is None or (all(x >= self.low for x in v) if isinstance(v, list) else v >= self.low)
 
     def allowed(self, tp: str) -> str:
-        return f"{tp} >= {self.low:g}"
+        return f"{tp} >= {self.low:g}" + (" each" if tp.startswith("a value of type list") else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,28 +75,31 @@ class OneOf:
 
     values: tuple | None = None
     unique: bool = False
+    empty: bool = False  # an empty list is allowed
 
     def ok(self, v: Any) -> bool:
         items = v if isinstance(v, list) else [v]
         fine = self.values is None or all(x in self.values for x in items)
-        return fine and (not self.unique or (len(items) > 0 and len(set(items)) == len(items)))
+        return fine and (not self.unique or ((len(items) > 0 or self.empty) and len(set(items)) == len(items)))
 
     def allowed(self, tp: str) -> str:
         among = f"values among {list(self.values)}" if self.values is not None else ""
         if not self.unique:
             return f"one of {list(self.values)}"
-        return "a non-empty list without repeats" + (f" of {among}" if among else "")
+        return ("a list" if self.empty else "a non-empty list") + " without repeats" + (f" of {among}" if among else "")
 
 
 @dataclasses.dataclass(frozen=True)
-class CountOrAll:
-    """An integer >= 1, or the word 'all'."""
+class CountOr:
+    """An integer >= 1, or one word ('all', 'auto')."""
+
+    word: str
 
     def ok(self, v: Any) -> bool:
-        return v == "all" or (isinstance(v, int) and v >= 1)
+        return v == self.word or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
 
     def allowed(self, tp: str) -> str:
-        return "an integer >= 1 or 'all'"
+        return f"an integer >= 1 or '{self.word}'"
 
 
 RATE = Between(0, 1, "()")
@@ -98,8 +112,9 @@ Count = Annotated[int, POSITIVE]
 class Study:
     """The matrix: targets x regimes x seeds, and the adaptation strategies of each group.
 
-    Strategies come in two lists because DVC declares parameters per stage: the LoRA cells run in
-    their own stage (`finetune_lora`), so a change of `lora.*` or of the selection reruns only them.
+    Strategies come in three lists, one per stage, because DVC declares parameters per stage: the peft cells
+    (`finetune_peft`) also read the selection and `lora.*`, the intervention cells (`finetune_tau`) `intervene.*`,
+    so a change of either reruns only its stage.
     """
 
     profile: str  # the profile's name, recorded in the report
@@ -107,7 +122,8 @@ class Study:
     regimes: Annotated[list[str], OneOf(REGIMES, unique=True)]
     seeds: Annotated[list[int], OneOf(unique=True)]
     strategies: Annotated[list[str], OneOf(PLAIN_STRATEGIES, unique=True)]
-    lora_strategies: list[str]
+    peft_strategies: Annotated[list[str], OneOf(PEFT_STRATEGIES, unique=True, empty=True)]
+    tau_strategies: Annotated[list[str], OneOf(TAU_STRATEGIES, unique=True, empty=True)]
 
     def __post_init__(self) -> None:
         _require(bool(self.profile.strip()), "study.profile", self.profile, "a non-empty name")
@@ -118,13 +134,6 @@ class Study:
             "a list that includes 'none' (the source model: the 'before' of every comparison)",
         )
         _require(all(s >= 0 for s in self.seeds), "study.seeds", self.seeds, "integers >= 0")
-        _require(
-            OneOf(LORA_STRATEGIES).ok(self.lora_strategies)
-            and len(set(self.lora_strategies)) == len(self.lora_strategies),
-            "study.lora_strategies",
-            self.lora_strategies,
-            f"a list without repeats of values among {list(LORA_STRATEGIES)}",
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,17 +202,19 @@ class Ski:
     s: Annotated[int, NONNEGATIVE]
     threshold: Annotated[float, Between(0, 1, "(]")]
     max_band: Annotated[int | None, POSITIVE]  # null: no cap
-    random_draws: Annotated[int | str, CountOrAll()]  # 'all': every other band of the band's size
+    random_draws: Annotated[int | str, CountOr("all")]  # 'all': every other band of the band's size
 
 
 @dataclasses.dataclass(frozen=True)
 class StrategyLr:
-    """The learning rate of each non-LoRA strategy (LoRA strategies use `lora.lr`)."""
+    """One learning rate per method family (LoRA, every selector and intervention cell, uses `lora.lr`)."""
 
     head: Annotated[float, RATE]
     shallow: Annotated[float, RATE]
     full: Annotated[float, RATE]
     bitfit: Annotated[float, RATE]
+    ia3: Annotated[float, RATE]
+    prefix: Annotated[float, RATE]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +229,10 @@ class Finetune:
     weight_decay: Annotated[float, NONNEGATIVE]
     max_grad_norm: Annotated[float | None, Between(0, float("inf"), "()")]
     shallow_k: Count
+    prefix_tokens: Count  # virtual tokens of prefix tuning
+    cells_per_pass: Annotated[
+        int | str, CountOr("auto")
+    ]  # peft LoRA cells stacked into one pass; auto: a probe decides
     eval_batch_size: Count
     diag_every: Count
     eval_splits: list[str]
@@ -229,6 +244,42 @@ class Finetune:
             self.eval_splits,
             f"{list(EVAL_SPLITS[:1])} or {list(EVAL_SPLITS)} (validation first: it is the analysis sample's first part)",
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervene:
+    """The attention-temperature intervention at the SKI band (stages `intervene` and `finetune_tau`)."""
+
+    temperatures: Annotated[list[float], AtLeast(0.01)]  # tau of the diagnostic intervention; 1 is the baseline
+    adapt_temperature: Annotated[float, AtLeast(0.01)]  # tau of lora_selective_tau and lora_selective_tau_ctrl
+    anneal_from: Annotated[float, AtLeast(0.01)]  # lora_selective_anneal: tau falls from this to 1
+    anneal_steps: Annotated[int | None, POSITIVE]  # over these first steps; null: the first third of finetune.steps
+    diag_every: Count  # adaptation diagnostics this often inside the annealing window
+
+    def __post_init__(self) -> None:
+        _require(
+            1.0 in self.temperatures and len(set(self.temperatures)) == len(self.temperatures),
+            "intervene.temperatures",
+            self.temperatures,
+            "a list without repeats that includes 1 (the unperturbed model every tau is compared with)",
+        )
+
+    def window(self, steps: int) -> int:
+        """The annealing window in steps: `anneal_steps`, or the first third of training."""
+        return self.anneal_steps if self.anneal_steps is not None else max(1, steps // 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """Sparse autoencoders per source model and layer (stage `features`)."""
+
+    train_tokens: Count  # token activations (padding excluded) of the source and target train sentences
+    expansion: Count  # dictionary size = expansion x the hidden size
+    k: Count  # TopK: active latents per token
+    epochs: Count
+    batch_size: Count
+    lr: Annotated[float, RATE]
+    seed: Annotated[int, NONNEGATIVE]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +297,7 @@ class Lora:
 class Analysis:
     """Representations of the analysis sample: which cells keep them, and Delta-CKA's settings."""
 
-    strategies: Annotated[list[str], OneOf(PLAIN_STRATEGIES + LORA_STRATEGIES, unique=True)]
+    strategies: Annotated[list[str], OneOf(STRATEGIES, unique=True)]
     pooling: Annotated[str, OneOf(("cls", "mean"))]
     pca_dim: Count
 
@@ -320,15 +371,20 @@ class Params:
     ski: Ski
     finetune: Finetune
     lora: Lora
+    intervene: Intervene
+    features: Features
     analysis: Analysis
     probe: Probe
     report: Report
     cluster: Cluster
 
     def lr(self, strategy: str) -> float:
-        """The learning rate of a strategy: `lora.lr` for the LoRA family, `finetune.lr.<strategy>` otherwise."""
+        """One rate per method family: `lora.lr` for every LoRA cell (selectors and interventions alike, so no band
+        gets a rate of its own), `finetune.lr.ia3` for both IA3 cells, `finetune.lr.<strategy>` otherwise."""
         name = family(strategy)
-        return self.lora.lr if name in LORA_STRATEGIES else getattr(self.finetune.lr, name)
+        if name in LORA_STRATEGIES + TAU_STRATEGIES:
+            return self.lora.lr
+        return self.finetune.lr.ia3 if name in IA3_STRATEGIES else getattr(self.finetune.lr, name)
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:

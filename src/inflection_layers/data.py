@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from inflection_layers.cells import EVAL_SPLITS
 from inflection_layers.config import Data
 from inflection_layers.errors import DataError
 from inflection_layers.hub import hub_unreachable, offline_flag
@@ -307,3 +308,18 @@ def stratified_subsample(df: pd.DataFrame, size: int, seed: int) -> pd.DataFrame
 
     keep, _ = train_test_split(df.index.to_numpy(), train_size=size, stratify=df["label"], random_state=seed)
     return df.loc[sorted(keep)].reset_index(drop=True)
+
+
+def select_tables(splits: dict[str, pd.DataFrame], data: Data, targets: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The splits to write: the SST-2 source sample and dev, and each target's train and (subsampled) evaluation splits."""
+    tables = {
+        "sst2_source": stratified_subsample(splits["sst2_train"], data.sst2_subsample, data.subsample_seed),
+        "sst2_dev": splits["sst2_dev"].reset_index(drop=True),
+    }
+    for t in targets:
+        tables[f"{t}_train"] = splits[f"{t}_train"].reset_index(drop=True)
+        for split in EVAL_SPLITS:
+            tables[f"{t}_{split}"] = stratified_subsample(
+                splits[f"{t}_{split}"], data.eval_subsample, data.subsample_seed
+            )
+    return tables

@@ -1,6 +1,8 @@
-"""Pure diagnostics: attention entropy, logit margin, gradient norms per layer.
+"""Pure diagnostics per layer: attention entropy and rank collapse, logit margin, gradient norms.
 
-Nothing here loads data or models, writes files or keeps global state.
+Nothing here loads data or models, writes files or keeps global state. The activation-gradient measures
+are defined in :class:`ActivationGradRecorder`; the lazy-layer measures (Sanyal et al., arXiv 2404.08634)
+in :func:`attention_rank`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,59 @@ def layer_attention_entropy(attentions: Sequence[Tensor], attention_mask: Tensor
     return torch.stack([r for r, _ in per_layer]), torch.stack([n for _, n in per_layer])
 
 
+def attention_rank(attn: Tensor, attention_mask: Tensor, energy: float = 0.9) -> dict[str, Tensor]:
+    """Rank collapse of one layer's post-softmax attention attn (B, H, K, K), attention_mask (B, K), per example.
+
+    For each example and head, on its valid T x T block (never over padding, never averaged across sentences):
+    the smallest k whose cumulative squared singular values reach `energy` of their total (torch.linalg.svdvals),
+    the share of attention mass in the single heaviest column (column sum / T), and whether that column is the
+    first token (the "attention sink"). Returns rank (B, H) int64, length (B,) int64, column_mass (B, H) and
+    first_column (B, H) bool. A uniform block has rank 1 and column mass 1/T; the identity full rank and 1/T;
+    one column of ones rank 1 and column mass 1.
+    """
+    B, H, Q, K = attn.shape
+    if attention_mask.shape != (B, K) or Q != K:
+        raise ValueError(
+            f"expected attn (B, H, K, K) and mask (B, K), got {tuple(attn.shape)}, {tuple(attention_mask.shape)}"
+        )
+    lengths = attention_mask.detach().to(attn.device).long().sum(-1)  # (B,)
+    rank = torch.zeros(B, H, dtype=torch.long)
+    mass = torch.zeros(B, H, dtype=torch.float64)
+    first = torch.zeros(B, H, dtype=torch.bool)
+    valid = attention_mask.detach().to(attn.device).bool()
+    for T in lengths.unique().tolist():
+        if T == 0:
+            continue
+        idx = (lengths == T).nonzero().flatten()
+        rows = torch.stack([torch.nonzero(valid[i]).flatten() for i in idx.tolist()])  # (n, T) valid positions
+        block = attn.detach().double()[
+            idx[:, None, None, None],
+            torch.arange(H)[None, :, None, None],
+            rows[:, None, :, None],
+            rows[:, None, None, :],
+        ]  # (n, H, T, T)
+        sq = torch.linalg.svdvals(block).pow(2)  # (n, H, T), descending
+        share = sq.cumsum(-1) / sq.sum(-1, keepdim=True).clamp(min=1e-300)
+        rank[idx.cpu()] = ((share < energy - 1e-12).sum(-1) + 1).clamp(max=T).cpu()
+        columns = block.sum(-2) / T  # (n, H, T): mean attention each key receives
+        top = columns.argmax(-1)
+        mass[idx.cpu()] = columns.amax(-1).cpu()
+        first[idx.cpu()] = (top == 0).cpu()
+    return {"rank": rank, "length": lengths.cpu(), "column_mass": mass, "first_column": first}
+
+
+def lazy_layer_means(attentions: Sequence[Tensor], attention_mask: Tensor) -> dict[str, Tensor]:
+    """:func:`attention_rank` of every layer, averaged over examples: rank / T, column mass and the share of examples
+    whose heaviest column is the first token; each (L, H) float64."""
+    out: dict[str, list[Tensor]] = {"rank": [], "column_mass": [], "first_column": []}
+    for a in attentions:
+        r = attention_rank(a, attention_mask)
+        out["rank"].append((r["rank"].double() / r["length"].clamp(min=1)[:, None].double()).mean(0))
+        out["column_mass"].append(r["column_mass"].mean(0))
+        out["first_column"].append(r["first_column"].double().mean(0))
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
 def logit_margin(logits: Tensor, labels: Tensor) -> float:
     """Mean over the batch of (true-class logit - largest other logit); logits (B, C), labels (B,)."""
     logits = logits.detach().to(torch.float64)
@@ -100,13 +155,19 @@ def _hidden(output: Any) -> Tensor | None:
 class ActivationGradRecorder:
     """Records dS/dh_l per token at the embeddings' output (l = 0) and each encoder layer's output (l = i + 1).
 
-    S is whatever scalar is backpropagated (normally the batch-mean loss). For every layer the same
-    reduction is used: the L2 norm of the gradient at each (example, token) position, (B, T), then
-    its mean over the valid (non-padding) tokens (:meth:`norms`), and separately at the first token
-    (:meth:`cls_norms`). At the last layer only the first token receives a gradient (the head reads
-    it alone), so its per-token mean includes the other tokens' zeros, as every layer's does: no layer
-    is reduced differently. Works with frozen parameters: if the embeddings' output does not require
-    grad it is replaced by a detached copy that does (same values), so every layer gets a gradient.
+    S is whatever scalar is backpropagated (normally the batch-mean loss). Three reductions of the same
+    per-(example, token) gradients g_bt (D,), each the same at every layer:
+
+    - :meth:`norms`, the primary measure, the paper's ||dL/dh_l|| per example: sqrt(sum over the example's
+      valid tokens of ||g_bt||^2), then its mean over examples. It has no 1/T dilution: at the last layer
+      only the first token receives a gradient (the head reads it alone), and this norm is then exactly
+      that token's, however long the sentence;
+    - :meth:`token_mean`, the mean over every valid token of ||g_bt|| (a sensitivity measure: at the last
+      layer it divides one token's norm by the sentence length);
+    - :meth:`cls_norms`, the mean over examples of ||g_b0|| at the first token.
+
+    Works with frozen parameters: if the embeddings' output does not require grad it is replaced by a
+    detached copy that does (same values), so every layer gets a gradient.
     Usage: ``with ActivationGradRecorder(model) as rec: model(**batch).loss.backward()``; ``rec.norms(mask)``.
     """
 
@@ -156,7 +217,13 @@ class ActivationGradRecorder:
         return out
 
     def norms(self, attention_mask: Tensor) -> Tensor:
-        """(L + 1,) mean over valid tokens of the per-token gradient norm: [embeddings output, layer 0, ..., layer L-1]."""
+        """(L + 1,) [embeddings output, layer 0, ..., layer L-1]: per example the L2 norm over its valid tokens, then
+        the mean over examples (the primary measure)."""
+        valid = attention_mask.detach().cpu().bool()  # (B, T)
+        return self._per_layer(lambda v: torch.where(valid, v.double(), 0.0).pow(2).sum(1).sqrt().mean())
+
+    def token_mean(self, attention_mask: Tensor) -> Tensor:
+        """(L + 1,) mean over every valid token of the per-token gradient norm (diluted by 1/T at the last layer)."""
         valid = attention_mask.detach().cpu().bool()  # (B, T)
         return self._per_layer(lambda v: v[valid].double().mean())
 
@@ -184,9 +251,10 @@ def measure(model: nn.Module, batch: dict[str, Tensor], hidden: bool = False) ->
     """One forward + backward with every diagnostic recorded, in eval mode (no dropout) with eager
     attention, whatever mode the model is in; gradients are left in place (no update): zero them after.
 
-    batch: input_ids, attention_mask (B, T), labels (B,). Returns entropy and entropy_norm (L, H),
-    act_grad and act_grad_cls (L + 1,) [embeddings output first], param_grad {group: norm}, loss and
-    margin (floats), and with `hidden` the valid tokens of every hidden state (see `valid_tokens`).
+    batch: input_ids, attention_mask (B, T), labels (B,). Returns per head (L, H): entropy, entropy_norm,
+    attn_rank, column_mass, first_column (:func:`lazy_layer_means`); per layer (L + 1,) [embeddings output
+    first]: act_grad, act_grad_token_mean, act_grad_cls (:class:`ActivationGradRecorder`); param_grad
+    {group: norm}; loss and margin (floats); and with `hidden` the valid tokens of every hidden state.
     """
     was_training = model.training
     model.eval()
@@ -197,10 +265,15 @@ def measure(model: nn.Module, batch: dict[str, Tensor], hidden: bool = False) ->
     finally:
         model.train(was_training)
     raw, norm = layer_attention_entropy(out.attentions, batch["attention_mask"])
+    lazy = lazy_layer_means(out.attentions, batch["attention_mask"])
     result = {
         "entropy": raw,
         "entropy_norm": norm,
+        "attn_rank": lazy["rank"],
+        "column_mass": lazy["column_mass"],
+        "first_column": lazy["first_column"],
         "act_grad": rec.norms(batch["attention_mask"]),
+        "act_grad_token_mean": rec.token_mean(batch["attention_mask"]),
         "act_grad_cls": rec.cls_norms(),
         "param_grad": param_grad_norms(model),
         "loss": out.loss.item(),
@@ -211,22 +284,29 @@ def measure(model: nn.Module, batch: dict[str, Tensor], hidden: bool = False) ->
     return result
 
 
+HEAD_METRICS = ("entropy", "entropy_norm", "attn_rank", "column_mass", "first_column")  # (L, H) in a record
+GRAD_METRICS = ("act_grad", "act_grad_token_mean", "act_grad_cls")  # (L + 1,) in a record, embeddings first
+
+
+def per_head_means(records: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+    """Average the per-head metrics of `measure` records over batches -> {metric: (L, H)}."""
+    return {m: torch.stack([r[m].double() for r in records]).mean(0) for m in HEAD_METRICS}
+
+
 def per_layer_means(records: Sequence[dict[str, Any]], num_layers: int) -> dict[str, list[float]]:
     """Average `measure` records over batches -> {metric: values per layer}.
 
-    entropy, entropy_norm: mean over heads, (L,); act_grad, act_grad_cls: (L + 1,) with the
-    embeddings' output first; param_grad: (L,), NaN for layers without trainable parameters.
+    Per-head metrics as the mean over heads (entropy, entropy_norm, attn_rank, column_mass, first_column) and,
+    for rank and column mass, the maximum over heads (attn_rank_max, column_mass_max), each (L,); gradient
+    metrics (L + 1,) with the embeddings' output first; param_grad (L,), NaN for layers without trainable parameters.
     """
-    ent = torch.stack([r["entropy"] for r in records]).mean(0)  # (L, H)
-    ent_norm = torch.stack([r["entropy_norm"] for r in records]).mean(0)
+    heads = per_head_means(records)
+    out = {m: heads[m].mean(1).tolist() for m in HEAD_METRICS}
+    out |= {f"{m}_max": heads[m].amax(1).tolist() for m in ("attn_rank", "column_mass")}
+    out |= {m: torch.stack([r[m].double() for r in records]).mean(0).tolist() for m in GRAD_METRICS}
     pg = [[r["param_grad"].get(f"layer.{i}", math.nan) for i in range(num_layers)] for r in records]
-    return {
-        "entropy": ent.mean(1).tolist(),
-        "entropy_norm": ent_norm.mean(1).tolist(),
-        "act_grad": torch.stack([r["act_grad"].double() for r in records]).mean(0).tolist(),
-        "act_grad_cls": torch.stack([r["act_grad_cls"].double() for r in records]).mean(0).tolist(),
-        "param_grad": torch.tensor(pg, dtype=torch.float64).mean(0).tolist(),
-    }
+    out["param_grad"] = torch.tensor(pg, dtype=torch.float64).mean(0).tolist()
+    return out
 
 
 def tidy(means: dict[str, list[float]], **labels: Any) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.utils import logging as hf_logging
 
 from inflection_layers.archs import arch, resolve_model_path
+from inflection_layers.artifacts import writer_of
 from inflection_layers.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -44,34 +45,58 @@ hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-def check_safetensors(path: Path) -> None:
-    """Refuse a truncated or corrupt safetensors file before any library reads it.
+def _rebuild(path: Path) -> str:
+    """How to rebuild a damaged checkpoint file: the stage of dvc.lock that writes it, or what it is."""
+    stage = writer_of(path)
+    return (
+        f"it is written by stage {stage}: rerun `dvc repro -f {stage}`"
+        if stage
+        else "delete it and rerun the stage that writes it"
+    )
 
-    The format is an 8-byte little-endian header length n, n bytes of JSON header giving each
-    tensor's ``data_offsets`` [begin, end) into the data block, then the data block; a complete file
-    is exactly 8 + n + max(end) bytes. Raises :class:`ModelError` naming the file.
+
+def _format_of(head: bytes) -> str | None:
+    """What a file that is not safetensors is, from its first bytes: a pickle, or torch.save's zip archive."""
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (torch.save's legacy format)"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (torch.save's format)"
+    return None
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated, corrupt or foreign file named *.safetensors before any library reads it.
+
+    The format is an 8-byte little-endian header length n, n bytes of JSON header (an object, so it starts
+    with '{') giving each tensor's ``data_offsets`` [begin, end) into the data block, then the data block; a
+    complete file is exactly 8 + n + max(end) bytes. Raises :class:`ModelError` naming the file and its writer.
     """
     size = path.stat().st_size
-
-    def bad(why: str) -> ModelError:
-        return ModelError(
-            f"{path}: truncated or corrupt safetensors file ({why}); delete it and rerun the stage that writes it"
-        )
-
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+        if (kind := _format_of(head)) or (len(head) == 9 and head[8:9] != b"{"):
+            raise ModelError(
+                f"{path}: not a safetensors file ({kind or 'no JSON header after its first 8 bytes'}); {_rebuild(path)}"
+            )
         if len(head) < 8:
-            raise bad(f"{size} bytes, shorter than the 8-byte header length")
-        n = int.from_bytes(head, "little")
+            raise ModelError(
+                f"{path}: truncated safetensors file ({size} bytes, shorter than its 8-byte header length); {_rebuild(path)}"
+            )
+        n = int.from_bytes(head[:8], "little")
         if n > size - 8:
-            raise bad(f"header of {n:,} bytes announced, {size - 8:,} bytes follow")
+            raise ModelError(
+                f"{path}: truncated safetensors file (a header of {n:,} bytes announced, {size - 8:,} follow); {_rebuild(path)}"
+            )
+        f.seek(8)
         try:
             header = json.loads(f.read(n))
             end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-            raise bad(f"unreadable header: {type(e).__name__}: {e}") from e
+            raise ModelError(f"{path}: corrupt safetensors header ({type(e).__name__}: {e}); {_rebuild(path)}") from e
     if 8 + n + end != size:
-        raise bad(f"expected {8 + n + end:,} bytes from its header, found {size:,}")
+        raise ModelError(
+            f"{path}: truncated safetensors file (expected {8 + n + end:,} bytes from its header, found {size:,}); {_rebuild(path)}"
+        )
 
 
 def _is_local(path: str) -> bool:
@@ -79,11 +104,11 @@ def _is_local(path: str) -> bool:
 
 
 def _check_finite(model: nn.Module, where: str) -> None:
-    """Refuse weights with NaN or infinite values, naming the file they came from."""
+    """Refuse weights with NaN or infinite values, naming the file they came from and the stage that writes it."""
     for pname, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise ModelError(
-                f"{where}: parameter {pname} holds non-finite values (NaN or inf); the checkpoint is damaged, rerun the stage that writes it"
+                f"{where}: parameter {pname} holds non-finite values (NaN or inf); {_rebuild(Path(where))}"
             )
 
 

@@ -66,10 +66,34 @@ def cpu_info() -> tuple[str, set[str]]:
     return model, flags
 
 
-def cache_file() -> Path:
+def cache_file(name: str = "precision.json") -> Path:
     """Where per-machine decisions are kept: $INFLECTION_LAYERS_CACHE or ~/.cache/inflection-layers."""
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "inflection-layers")
-    return root / "precision.json"
+    return root / name
+
+
+def recall(name: str, key: str) -> dict | None:
+    """A decision kept for this machine (`key`) in cache file `name`, or None."""
+    try:
+        path = cache_file(name)
+        return json.loads(path.read_text()).get(key) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def remember(name: str, key: str, decision: dict) -> None:
+    """Keep a decision for this machine; a cache that cannot be written only costs a probe next time."""
+    path = cache_file(name)
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    known[key] = decision
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=1) + "\n")
+    except OSError:
+        logger.warning("could not keep the decision in %s", path)
 
 
 def bf16_cpu_flags() -> list[str]:
@@ -77,11 +101,12 @@ def bf16_cpu_flags() -> list[str]:
     return sorted(cpu_info()[1] & set(BF16_CPU_FLAGS))
 
 
-def _machine_key(model_name: str) -> str:
+def machine_key(model_name: str) -> str:
     return f"{cpu_info()[0]}|{','.join(bf16_cpu_flags())}|torch {torch.__version__}|{model_name}"
 
 
-def _median_seconds(run: Callable[[], None], n: int = 3) -> float:
+def median_seconds(run: Callable[[], None], n: int = 3) -> float:
+    """Median wall seconds of `run` over n calls after one warm-up call."""
     run()  # warm-up
     times = []
     for _ in range(n):
@@ -108,26 +133,17 @@ def resolve(
     have = bf16_cpu_flags()
     if not have:
         return Precision("fp32", "cpu", f"the CPU reports none of {list(BF16_CPU_FLAGS)}")
-    key, path = _machine_key(model_name), cache_file()
-    try:
-        known = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
+    key = machine_key(model_name)
+    if known := recall("precision.json", key):
         return Precision(
-            known[key]["name"], "cpu", known[key]["reason"] + f" (measured once on this machine, kept in {path})"
+            known["name"], "cpu", known["reason"] + f" (measured once on this machine, kept in {cache_file()})"
         )
     if probe is None:
         return Precision("fp32", "cpu", f"the CPU reports {have} but no probe was run")
-    t32, t16 = _median_seconds(lambda: probe("fp32")), _median_seconds(lambda: probe("bf16"))
+    t32, t16 = median_seconds(lambda: probe("fp32")), median_seconds(lambda: probe("bf16"))
     ratio = t32 / t16
     name = "bf16" if ratio >= MIN_SPEEDUP else "fp32"
     reason = f"the CPU reports {have}; a probe step took {t32:.3f} s in fp32 and {t16:.3f} s in bf16 ({ratio:.2f}x)"
-    known[key] = {"name": name, "reason": reason}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(known, indent=1) + "\n")
-    except OSError:
-        logger.warning("could not keep the precision decision in %s", path)
+    remember("precision.json", key, {"name": name, "reason": reason})
     logger.info("precision %s: %s", name, reason)
     return Precision(name, "cpu", reason)

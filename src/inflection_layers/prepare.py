@@ -23,25 +23,10 @@ from inflection_layers.artifacts import atomic_path, stage_args, write_json
 from inflection_layers.audit import audit_frame, summarise
 from inflection_layers.cells import EVAL_SPLITS
 from inflection_layers.config import Data, load_params
-from inflection_layers.data import load_splits, stratified_subsample
+from inflection_layers.data import load_splits, select_tables
 from inflection_layers.errors import run_main
 
 logger = logging.getLogger(__name__)
-
-
-def select_tables(splits: dict[str, pd.DataFrame], data: Data, targets: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """The splits to write: the SST-2 source sample and dev, and each target's train and (subsampled) evaluation splits."""
-    tables = {
-        "sst2_source": stratified_subsample(splits["sst2_train"], data.sst2_subsample, data.subsample_seed),
-        "sst2_dev": splits["sst2_dev"].reset_index(drop=True),
-    }
-    for t in targets:
-        tables[f"{t}_train"] = splits[f"{t}_train"].reset_index(drop=True)
-        for split in EVAL_SPLITS:
-            tables[f"{t}_{split}"] = stratified_subsample(
-                splits[f"{t}_{split}"], data.eval_subsample, data.subsample_seed
-            )
-    return tables
 
 
 def prepare(data: Data, targets: Sequence[str]) -> tuple[dict[str, pd.DataFrame], dict]:

@@ -176,7 +176,7 @@ def main() -> None:
     args = stage_args(
         "Stage `probes`: linear and MLP probes per layer on the analysis sample.",
         {
-            "cells*": "folders of fine-tuned cells (models/finetune models/finetune_lora)",
+            "cells*": "folders of fine-tuned cells (models/finetune models/finetune_peft)",
             "table": "tidy CSV: layer, metric, value, train_accuracy, target, regime, seed, strategy, family",
             "metrics": "per-cell summary JSON",
         },

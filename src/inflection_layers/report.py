@@ -92,7 +92,7 @@ def read_predictions(params, roots: list[Path], audit: pd.DataFrame) -> dict[str
                 examples, first = df[["id", "split"]].reset_index(drop=True), path
             elif not np.array_equal(df["id"].to_numpy(), examples["id"].to_numpy()):
                 raise InputError(
-                    f"{path}: its sentences differ from {first}'s; the cells of a target must be paired by position: rerun `dvc repro finetune finetune_lora`"
+                    f"{path}: its sentences differ from {first}'s; the cells of a target must be paired by position: rerun `dvc repro finetune finetune_peft`"
                 )
             correct[(cell.group.regime, cell.group.seed, cell.strategy)] = (
                 df["pred"].to_numpy() == df["label"].to_numpy()
@@ -132,7 +132,7 @@ def read_selection(params, folder: Path) -> pd.DataFrame:
 
 
 def stage_records(roots: list[Path], params) -> dict[str, list[dict]]:
-    """stage.json of every group, per root (the root's folder name is the stage: finetune, finetune_lora)."""
+    """stage.json of every group, per root (the root's folder name is the stage: finetune, finetune_peft)."""
     out: dict[str, list[dict]] = {}
     for root in roots:
         for g in groups(params.study):
@@ -203,9 +203,9 @@ def main() -> None:
     args = stage_args(
         "Stage `report`: claims, tables, figures and report.md of the study.",
         {
-            "cells*": "cell folders (models/finetune models/finetune_lora)",
-            "cell_metrics*": "per-cell metrics (metrics/finetune metrics/finetune_lora)",
-            "cell_plots*": "per-cell layer tables (plots/finetune plots/finetune_lora)",
+            "cells*": "cell folders (models/finetune models/finetune_peft)",
+            "cell_metrics*": "per-cell metrics (metrics/finetune metrics/finetune_peft)",
+            "cell_plots*": "per-cell layer tables (plots/finetune plots/finetune_peft)",
             "source": "source-model metrics folder (metrics/source)",
             "diagnose": "diagnose folder (metrics/diagnose)",
             "selection": "selection folder (metrics/selection)",

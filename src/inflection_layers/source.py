@@ -20,6 +20,7 @@ import torch
 from inflection_layers.artifacts import atomic_path, read_parquet, stage_args, write_json
 from inflection_layers.config import Params, as_dict, load_params
 from inflection_layers.errors import run_main
+from inflection_layers.estimate import Tokens, stage_estimate
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, save_checkpoint, seed_everything
 from inflection_layers.precision import resolve
 from inflection_layers.training import (
@@ -56,6 +57,8 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
         params.model.precision, device, params.model.name, probe_step(model, ids, labels, pad, p.batch_size, device)
     )
     seed_everything(seed)  # the probe (if any) must not change what follows
+    tok = Tokens.of_ids({"sst2_source": ids, "sst2_dev": dev_ids})
+    estimated = stage_estimate(params, model.config.to_dict(), tok, f"source@{regime}-{seed}", precision.name)
     epochs = p.epochs(regime)
     steps_per_epoch = -(-len(ids) // p.batch_size)
     optimizer = make_optimizer(model, p.lr, p.weight_decay)
@@ -122,6 +125,7 @@ def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tupl
         "train_loss": last["train_loss"],
         "train_confidence": last["train_confidence"],
         "wall_seconds": round(wall, 2),
+        "estimated_seconds": estimated,
         "tokens_per_second": round(tokens / wall, 1),
         "device": device.type,
         **precision.record(),

@@ -1,22 +1,16 @@
 """Adaptation strategies: each a small, named definition of what is trainable on the target task.
 
-| strategy         | trainable                                                                   |
-|------------------|-----------------------------------------------------------------------------|
-| none             | nothing: the source model evaluated as it is                                |
-| head             | the classification head                                                     |
-| shallow          | top `k` encoder layers + pooler (where the model has one) + head (paper: k = 2) |
-| full             | everything                                                                  |
-| bitfit           | every bias + head                                                           |
-| lora_selective   | peft LoRA on `lora.targets` of the SKI band + head                          |
-| lora_all         | the same LoRA on every layer + head                                         |
-| lora_random_<d>  | the same LoRA on random band d of the SKI band's size + head (the control)  |
-| lora_top         | the same LoRA on the top k layers, k = the SKI band's size (the naive band)  |
-| lora_complement  | the same LoRA on the layers SKI rates lowest, outside its band              |
-| lora_rgn         | the same LoRA on the top layers by relative gradient norm (Auto-RGN)        |
-| lora_cka         | the same LoRA on the top layers by representation change (1 - CKA in/out)   |
+Plain cells (stage `finetune`): ``none`` (nothing), ``head`` (the classification head), ``shallow`` (top
+`finetune.shallow_k` encoder layers + pooler where the model has one + head), ``full`` (everything), ``bitfit``
+(every bias + head). peft cells (stage `finetune_peft`): LoRA on `lora.targets` of a band + head, the band
+given by a selector (``lora_selective``: the SKI band; ``lora_all``: every layer; ``lora_random_<d>``: random
+band d of the SKI band's size; ``lora_top``: the top k layers; ``lora_complement``, ``lora_rgn``, ``lora_cka``:
+the rival selectors), (IA)^3 (``ia3_all``, ``ia3_selective``: the SKI band) and prefix tuning (``prefix``,
+`finetune.prefix_tokens` virtual tokens). Intervention cells (stage `finetune_tau`) are selective LoRA under the
+attention temperature (:mod:`inflection_layers.temperature`).
 
-Which layers each LoRA strategy adapts is data computed by `select` (:func:`lora_layers`); the
-architecture's module names come from :data:`inflection_layers.archs.ARCHS`.
+Which layers a cell adapts is data computed by `select` (:func:`adapted_layers`); the architecture's module
+names come from :data:`inflection_layers.archs.ARCHS`; peft reports what it wrapped (:func:`targeted_modules`).
 """
 
 from __future__ import annotations
@@ -25,11 +19,11 @@ import logging
 import re
 from collections.abc import Callable
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 
 from inflection_layers.archs import arch
-from inflection_layers.cells import family, is_lora
+from inflection_layers.cells import IA3_STRATEGIES, LORA_STRATEGIES, TAU_STRATEGIES, family
 from inflection_layers.config import Lora
 
 logger = logging.getLogger(__name__)
@@ -50,36 +44,32 @@ def _freeze_all_but(model: nn.Module, keep: Callable[[str], bool]) -> nn.Module:
     return model
 
 
-def lora_layers(strategy: str, num_layers: int, selection: dict) -> list[int]:
-    """The encoder layers a LoRA strategy adapts, from the `select` stage's JSON of its group."""
-    name = family(strategy)
-    if name == "lora_all":
-        return list(range(num_layers))
-    if name == "lora_random":
-        draw = int(strategy.rpartition("_")[2])
-        return list(selection["random"][draw]["layers"])
-    return list(selection[SELECTION_KEYS[name]])
+def adapted_layers(strategy: str, num_layers: int, selection: dict | None) -> list[int]:
+    """The encoder layers a peft cell adapts, from the `select` stage's JSON of its group ([] for plain cells).
 
-
-def apply_strategy(
-    model: nn.Module, strategy: str, *, shallow_k: int, lora: Lora | None = None, layers: list[int] | None = None
-) -> nn.Module:
-    """Make exactly the strategy's parameters trainable; LoRA strategies return a peft model.
-
-    `layers` are the encoder layers LoRA adapts (peft's `layers_to_transform`), required for LoRA.
+    LoRA and IA3 on every layer, or on a selector's band; prefix tuning acts on every layer's attention; the
+    intervention cells adapt the SKI band.
     """
+    name = family(strategy)
+    if name in ("lora_all", "ia3_all", "prefix"):
+        return list(range(num_layers))
+    if name not in LORA_STRATEGIES + IA3_STRATEGIES + TAU_STRATEGIES:
+        return []
+    if selection is None:
+        raise ValueError(f"{strategy} needs the group's selection JSON")
+    if name == "lora_random":
+        return list(selection["random"][int(strategy.rpartition("_")[2])]["layers"])
+    return list(selection[SELECTION_KEYS.get(name, "band")])
+
+
+def _plain(model: nn.Module, name: str, shallow_k: int) -> nn.Module:
+    """Freeze everything but what a plain strategy trains."""
     a = arch(model)
     num_layers = model.config.num_hidden_layers
-    head = lambda n: n.startswith(a.head)  # noqa: E731
-    name = family(strategy)
-    if name == "none":
-        return _freeze_all_but(model, lambda n: False)
-    if name == "head":
-        return _freeze_all_but(model, head)
-    if name == "full":
-        return _freeze_all_but(model, lambda n: True)
-    if name == "bitfit":
-        return _freeze_all_but(model, lambda n: head(n) or n.endswith(".bias"))
+
+    def head(n: str) -> bool:
+        return n.startswith(a.head)
+
     if name == "shallow":
         if not 1 <= shallow_k <= num_layers:
             raise ValueError(f"finetune.shallow_k = {shallow_k} must be in [1, {num_layers}] for this model")
@@ -90,14 +80,42 @@ def apply_strategy(
             return head(n) or n.startswith(a.shallow_extra) or bool(m and int(m.group(1)) in top)
 
         return _freeze_all_but(model, keep)
-    if not is_lora(strategy):
-        raise ValueError(f"unknown strategy {strategy!r}")
-    if lora is None or not layers:
-        raise ValueError(f"{strategy} needs LoRA params and a non-empty list of layers, got {layers!r}")
-    bad = [l for l in layers if not 0 <= l < num_layers]
-    if bad:
-        raise ValueError(f"LoRA layers {bad} outside [0, {num_layers - 1}]")
-    config = LoraConfig(
+    keep_of = {
+        "none": lambda n: False,
+        "head": head,
+        "full": lambda n: True,
+        "bitfit": lambda n: head(n) or n.endswith(".bias"),
+    }
+    return _freeze_all_but(model, keep_of[name])
+
+
+def layer_regex(layers: list[int], modules: tuple[str, ...]) -> str:
+    """A peft target regex (matched in full against module names) for `modules` inside the encoder `layers`."""
+    alternatives = "|".join(m.replace(".", r"\.") for m in modules)
+    return rf".*\.layer\.({'|'.join(str(x) for x in sorted(layers))})\.({alternatives})"
+
+
+def peft_config(model: nn.Module, name: str, *, lora: Lora | None, layers: list[int], prefix_tokens: int | None):
+    """The peft config of a peft family on `layers` (LoRA: `lora.*`; IA3: keys, values and feed-forward output)."""
+    a = arch(model)
+    bad = [x for x in layers if not 0 <= x < model.config.num_hidden_layers]
+    if not layers or bad:
+        raise ValueError(
+            f"{name} needs a non-empty list of layers in [0, {model.config.num_hidden_layers - 1}], got {layers!r}"
+        )
+    if name in IA3_STRATEGIES:  # peft's IA3Config has no layers_to_transform: the band is in the regex
+        return IA3Config(
+            task_type=TaskType.SEQ_CLS,
+            target_modules=layer_regex(layers, a.ia3_targets),
+            feedforward_modules=layer_regex(layers, a.ia3_feedforward),
+        )
+    if name == "prefix":
+        if not a.prefix:
+            raise ValueError(f"prefix tuning needs past_key_values, which {model.config.model_type} does not take")
+        return PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=prefix_tokens)
+    if lora is None:
+        raise ValueError(f"{name} needs the lora.* params")
+    return LoraConfig(
         task_type=TaskType.SEQ_CLS,  # keeps (and trains) the classification head: modules_to_save
         r=lora.rank,
         lora_alpha=lora.alpha,
@@ -106,7 +124,26 @@ def apply_strategy(
         layers_to_transform=sorted(layers),
         layers_pattern="layer",
     )
-    return get_peft_model(model, config)
+
+
+def apply_strategy(
+    model: nn.Module,
+    strategy: str,
+    *,
+    shallow_k: int,
+    lora: Lora | None = None,
+    layers: list[int] | None = None,
+    prefix_tokens: int | None = None,
+) -> nn.Module:
+    """Make exactly the strategy's parameters trainable; peft cells return a peft model (`layers`: what it adapts)."""
+    name = family(strategy)
+    if name in ("none", "head", "shallow", "full", "bitfit"):
+        return _plain(model, name, shallow_k)
+    if name not in LORA_STRATEGIES + IA3_STRATEGIES + TAU_STRATEGIES + ("prefix",):
+        raise ValueError(f"unknown strategy {strategy!r}")
+    return get_peft_model(
+        model, peft_config(model, name, lora=lora, layers=list(layers or []), prefix_tokens=prefix_tokens)
+    )
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, int]:
@@ -115,5 +152,13 @@ def trainable_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def targeted_modules(model: nn.Module) -> list[str]:
-    """peft's `targeted_module_names` (the adapted modules), [] for non-LoRA strategies."""
-    return sorted(model.targeted_module_names) if isinstance(model, PeftModel) else []
+    """peft's `targeted_module_names` (the adapted modules), [] for plain strategies; for prefix tuning, which
+    wraps no module, the keys and values it prepends to in every layer's self-attention."""
+    if not isinstance(model, PeftModel):
+        return []
+    if model.peft_config[model.active_adapter].is_prompt_learning:
+        config = model.peft_config[model.active_adapter]
+        return [
+            f"prefix: {config.num_virtual_tokens} virtual tokens prepended to the keys and values of layers 0-{config.num_layers - 1}"
+        ]
+    return sorted(model.targeted_module_names)

@@ -15,10 +15,12 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase, get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from inflection_layers.config import Diagnose
 from inflection_layers.precision import Precision
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,17 @@ def collate(
     if labels is not None:
         batch["labels"] = torch.tensor([labels[i] for i in idx], dtype=torch.long)
     return batch
+
+
+def measurement_batches(
+    tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, max_length: int, p: Diagnose, seed: int
+) -> list[dict[str, Tensor]]:
+    """The `diagnose.batches` measurement batches of a frame (text, label) for a seed: the first batches of epoch 0
+    of :func:`bucketed_batches`, so the UNDER and OVER models of a seed, and every intervention, see the same ones."""
+    ids = tokenize(tokenizer, frame["text"], max_length)
+    labels = frame["label"].tolist()
+    order = bucketed_batches([len(x) for x in ids], p.batch_size, seed, epoch=0)[: p.batches]
+    return [collate(ids, idx, tokenizer.pad_token_id, labels) for idx in order]
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -135,13 +148,30 @@ def train_step(
     value = loss.item()
     check_finite(value, step)
     loss.backward()
+    update(optimizer, scheduler, max_grad_norm)
+    return value
+
+
+def update(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, max_grad_norm: float | None
+) -> None:
+    """After a backward: clip the optimizer's parameters' gradient norm, step the optimizer and the scheduler, zero the grads."""
     if max_grad_norm is not None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return value
+
+
+def eval_batches(
+    ids: Sequence[Sequence[int]], batch_size: int, pad_id: int, device: torch.device
+) -> Iterator[tuple[np.ndarray, dict]]:
+    """(indices, collated batch) of evaluation in length-sorted order (little padding); indices into `ids`."""
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, to_device(collate(ids, idx, pad_id), device)
 
 
 @torch.no_grad()
@@ -165,11 +195,8 @@ def predict(
     """
     was_training = model.training
     model.eval()
-    order = np.argsort([len(x) for x in ids], kind="stable")
     out: dict[str, np.ndarray] = {"probs": np.zeros((len(ids), model.config.num_labels))}
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = to_device(collate(ids, idx, pad_id), device)
+    for idx, batch in eval_batches(ids, batch_size, pad_id, device):
         with precision.autocast():
             res = model(**batch, output_hidden_states=reps or head_input)
         out["probs"][idx] = torch.softmax(res.logits.double(), -1).cpu().numpy()  # logits (B, C)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from inflection_layers.archs import ARCHS, model_config
 from inflection_layers.artifacts import stage_args, write_json
-from inflection_layers.cells import expand, family
+from inflection_layers.cells import expand, family, strategy_names
 from inflection_layers.config import Params, load_params
 from inflection_layers.data import SPLIT_SIZES, SST2_TRAIN_SIZE
 from inflection_layers.errors import DataError, ParamError, run_main
@@ -33,13 +33,14 @@ def model_shape(name: str) -> tuple[str, int]:
     return str(config.get("model_type")), int(config.get("num_hidden_layers", 0))
 
 
-def check(params: Params, model_type: str, num_layers: int) -> None:
-    """Every constraint between sections, the model and the data; raises ParamError naming the key."""
+def need(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Refuse a value with the one-line ParamError that names the key, the value and what is allowed."""
+    if not ok:
+        raise ParamError(key, value, allowed)
 
-    def need(ok: bool, key: str, value: object, allowed: str) -> None:
-        if not ok:
-            raise ParamError(key, value, allowed)
 
+def check_model(params: Params, model_type: str, num_layers: int) -> None:
+    """The model's family and depth against the keys that count layers."""
     model = f"(the model {params.model.name!r} has {num_layers} layers)"
     need(
         model_type in ARCHS,
@@ -59,22 +60,50 @@ def check(params: Params, model_type: str, num_layers: int) -> None:
         params.ski.max_band,
         f"null or an integer in [1, {num_layers}] {model}",
     )
+    if "prefix" in params.study.peft_strategies:
+        need(
+            ARCHS[model_type].prefix,
+            "study.peft_strategies",
+            "prefix",
+            f"no prefix with {model_type}: its forward takes no past_key_values, which prefix tuning needs (drop 'prefix' from the list)",
+        )
+
+
+def check_strategies(params: Params) -> None:
+    """What the analysis reads must be run, and be analysable."""
+    run = {family(s) for s in expand(strategy_names(params), 1)}
+    for s in params.analysis.strategies:
+        need(s in run, "analysis.strategies", s, f"strategies the study runs: {sorted(run)}")
+    need(
+        "prefix" not in params.analysis.strategies,
+        "analysis.strategies",
+        "prefix",
+        "strategies whose attention is square: prefix tuning adds virtual keys, so its entropy and rank are not comparable",
+    )
+    need(
+        not ("lora_random" in params.analysis.strategies and params.ski.random_draws == "all"),
+        "analysis.strategies",
+        "lora_random",
+        "a fixed ski.random_draws to analyse random bands ('all' trains a different number per group)",
+    )
+
+
+def check_sizes(params: Params) -> None:
+    """The data must be large enough for every sample the params ask of it."""
     need(
         params.data.sst2_subsample <= SST2_TRAIN_SIZE,
         "data.sst2_subsample",
         params.data.sst2_subsample,
         f"an integer in [0, {SST2_TRAIN_SIZE:,}] (0 = all)",
     )
-    run = {family(s) for s in expand(params.study.strategies + params.study.lora_strategies, 1)}
-    for s in params.analysis.strategies:
-        need(s in run, "analysis.strategies", s, f"strategies the study runs: {sorted(run)}")
+    d = params.diagnose
     for target in params.study.targets:
         sizes = SPLIT_SIZES[target]
         need(
-            params.diagnose.batches * params.diagnose.batch_size <= sizes["train"],
+            d.batches * d.batch_size <= sizes["train"],
             "diagnose.batches",
-            params.diagnose.batches,
-            f"at most {sizes['train'] // params.diagnose.batch_size} batches of {params.diagnose.batch_size} ({target} train has {sizes['train']:,} examples)",
+            d.batches,
+            f"at most {sizes['train'] // d.batch_size} batches of {d.batch_size} ({target} train has {sizes['train']:,} examples)",
         )
         for split in params.finetune.eval_splits:
             need(
@@ -91,6 +120,13 @@ def check(params: Params, model_type: str, num_layers: int) -> None:
                 params.probe.train_fraction,
                 f"a share that leaves at least 20 sentences to {what} on ({target}'s analysis sample has {sample:,})",
             )
+
+
+def check(params: Params, model_type: str, num_layers: int) -> None:
+    """Every constraint between sections, the model and the data; raises ParamError naming the key."""
+    check_model(params, model_type, num_layers)
+    check_strategies(params)
+    check_sizes(params)
 
 
 def check_data_source(params: Params) -> None:

@@ -1,15 +1,17 @@
 """The learning-rate sweep behind `finetune.lr.*` and `lora.lr` (run by hand, not a stage of the study).
 
-Each strategy family (head, shallow, full, bitfit, and LoRA, measured on `lora_all`, which uses no
-selector, so the LoRA rate favours no selector) is trained with three learning rates, exactly as the
-`finetune` stages train it (the same steps, batch size, schedule and engine), from the source
-models given, on Rotten Tomatoes train minus a stratified held-out part, and scored on that held-out
-part. Validation and test are never used. The rate with the best mean held-out accuracy over the
-source models is the profile's. Run from the repository root after the sources exist:
+The rule: one rate per method family, chosen on held-out Rotten Tomatoes train sentences in both regimes. Each
+family (head, shallow, full, bitfit, LoRA, IA3, prefix) is trained with three rates, exactly as the `finetune`
+stages train it (the same steps, batch size, schedule and engine), from every source model given, on RT train
+minus a stratified held-out part, and scored on that part; validation and test are never used. The rate with the
+best mean held-out accuracy over the sources (ties: the smaller rate) is the family's. LoRA is tuned on
+`lora_all`, which uses no selector, and IA3 on `ia3_all`: every LoRA selector and intervention cell shares
+`lora.lr`, both IA3 cells `finetune.lr.ia3`, so no band gets a rate of its own. Run from the repository root:
 
     python -m inflection_layers.tools.sweep --data data/prepared --sources models/source/over-42 models/source/under-42 --out plots/sweep
 
-Writes <out>/lr.csv (family, lr, source, held-out accuracy) and <out>/lr.md (the table and the choice).
+Writes <out>/lr.csv (family, lr, source, held-out accuracy) and <out>/lr.md (the table and the choice), and prints
+the parameters to set in the profiles.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
-from inflection_layers.adapt import GroupData, frozen_cells, score, train_cell
+from inflection_layers.adapt import GroupData, build_run, evaluate_runs, frozen_cells, score, train_runs
 from inflection_layers.artifacts import atomic_path, read_csv, read_parquet
+from inflection_layers.cells import Group
 from inflection_layers.config import Params, load_params
 from inflection_layers.errors import run_main
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
-from inflection_layers.precision import resolve
-from inflection_layers.strategies import apply_strategy
-from inflection_layers.training import batch_stream, predict, tokenize
+from inflection_layers.precision import Precision, resolve
+from inflection_layers.reporting.paper import PAPER_TARGET
+from inflection_layers.training import batch_stream, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +43,12 @@ GRID = {  # three rates per family, around the usual values for each
     "shallow": (3e-5, 1e-4, 3e-4),
     "full": (2e-5, 5e-5, 1e-4),
     "bitfit": (3e-4, 1e-3, 3e-3),
-    "lora_all": (3e-4, 1e-3, 3e-3),
+    "lora": (3e-4, 1e-3, 3e-3),
+    "ia3": (1e-3, 3e-3, 1e-2),
+    "prefix": (1e-3, 3e-3, 1e-2),
 }
+TRAINED = {"lora": "lora_all", "ia3": "ia3_all"}  # the cell a family is tuned on (the others: the family itself)
+PARAM = {"lora": "lora.lr"}  # the parameter a family's rate sets (the others: finetune.lr.<family>)
 HELD_OUT = 1000  # Rotten Tomatoes train examples held out for scoring
 
 
@@ -61,32 +70,40 @@ def held_out_data(data_dir: Path, tokenizer: object, params: Params, seed: int) 
     )
 
 
+def family_probs(
+    params: Params,
+    family: str,
+    lr: float,
+    source: Path,
+    data: GroupData,
+    device: torch.device,
+    precision: Precision,
+    seed: int,
+) -> np.ndarray:
+    """Train one family at one rate from a source model, as the finetune stages do; its held-out probabilities."""
+    if family == "head":
+        p = replace(params, finetune=replace(params.finetune, lr=replace(params.finetune.lr, head=lr)))
+        seed_everything(seed)
+        model = load_model(str(source)).to(device).eval()
+        return frozen_cells(model, ["none", "head"], p, data, device, precision, keep_reps=False, seed=seed)["head"][
+            "probs"
+        ]
+    run = build_run(params, Group(PAPER_TARGET, "over", seed), TRAINED.get(family, family), source, None, device)
+    run.lr, run.diag = lr, set()
+    train_runs([run], params, data, device, precision)
+    return evaluate_runs([run], params, data, device, precision)[run.cell.strategy]["probs"]
+
+
 def sweep_source(params: Params, source: Path, data_dir: Path, seed: int, families: list[str]) -> list[dict]:
     """Every rate of `families` (keys of GRID) from one source model -> rows (family, lr, source, accuracy, seconds)."""
     device = pick_device()
     data = held_out_data(data_dir, load_tokenizer(str(source)), params, seed)
+    precision = resolve(params.model.precision, device, params.model.name)
     rows = []
     for family in families:
         for lr in GRID[family]:
             t0 = time.perf_counter()
-            seed_everything(seed)
-            model = load_model(str(source)).to(device)
-            precision = resolve(params.model.precision, device, params.model.name)
-            if family == "head":
-                p = replace(params, finetune=replace(params.finetune, lr=replace(params.finetune.lr, head=lr)))
-                probs = frozen_cells(
-                    model.eval(), ["none", "head"], p, data, device, precision, keep_reps=False, seed=seed
-                )["head"]["probs"]
-            else:
-                layers = list(range(model.config.num_hidden_layers)) if family == "lora_all" else None
-                model = apply_strategy(
-                    model, family, shallow_k=params.finetune.shallow_k, lora=params.lora, layers=layers
-                ).to(device)
-                train_cell(model, params, data, device, precision, lr, f"{source.name} {family} lr {lr:g}")
-                probs = predict(model, data.eval_ids, params.finetune.eval_batch_size, data.pad, device, precision)[
-                    "probs"
-                ]
-            _, scores = score(data.eval_frame, probs)
+            _, scores = score(data.eval_frame, family_probs(params, family, lr, source, data, device, precision, seed))
             rows.append(
                 {
                     "family": family,
@@ -153,7 +170,7 @@ def main() -> None:
         table.to_csv(out / "lr.csv", index=False)
         (out / "lr.md").write_text(markdown(table, chosen))
     for r in chosen.itertuples():
-        print(f"{r.family}: lr {r.lr:g} (mean held-out accuracy {r.accuracy:.4f})")
+        print(f"{PARAM.get(r.family, f'finetune.lr.{r.family}')}: {r.lr:g}  (mean held-out accuracy {r.accuracy:.4f})")
 
 
 if __name__ == "__main__":
