@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: setup setup-torch study test test-quick test-cluster base-model exp-show
+.PHONY: setup setup-torch study estimate lint test test-quick test-cluster base-model exp-show
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
@@ -22,10 +22,17 @@ $(STAMP): pyproject.toml requirements.lock
 setup-torch: setup  # reinstall torch into an existing venv from TORCH_INDEX (e.g. a CUDA build)
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 
-study: setup
+study: setup estimate
 	$(RUN) $(BIN)/dvc repro
 
-test: setup
+estimate: setup  # the stale stages' estimated time on this machine (a failed estimate does not stop the study)
+	$(RUN) $(BIN)/python -m inflection_layers.tools.estimate || echo "no estimate (see above); the study runs anyway"
+
+lint: setup  # ruff: the lint rules and the formatting of pyproject.toml's [tool.ruff]
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(RUN) $(BIN)/python -m pytest
 
 test-quick: setup  # the fast subset: no test that trains a real model or runs a pipeline

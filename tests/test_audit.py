@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_data import SHARED, fake_dir, needs_shared, params
@@ -98,7 +99,7 @@ def test_prepare_writes_every_split_the_audit_and_metrics(tmp_path: Path, monkey
     out, met = tmp_path / "prepared", tmp_path / "metrics/data.json"
     prepare_mod.write(tables, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.parquet" for n in tables)
-    assert pd.read_parquet(out / "audit.parquet").dtypes["in_sst2"] == bool
+    assert pd.read_parquet(out / "audit.parquet").dtypes["in_sst2"] == np.dtype(bool)
     monkeypatch.setattr(
         prepare_mod, "load_params", lambda: type("P", (), {"data": data, "study": type("S", (), {"targets": ["cr"]})})()
     )

@@ -1,4 +1,5 @@
-"""Tables of (input, expected) for the pure layer-selection functions (inflection_layers.bands) and the `select` stage's grouping."""
+"""Tables of (input, expected) for the pure layer-selection functions (inflection_layers.bands) and the `select` stage's
+grouping."""
 
 from __future__ import annotations
 

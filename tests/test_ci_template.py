@@ -101,7 +101,8 @@ def test_it_runs_on_push_and_pull_request_with_python_3_11() -> None:
 
 
 def test_setup_takes_the_cpu_torch() -> None:
-    """`make setup` runs with TORCH_INDEX the CPU index (step, job or workflow env, or on the command line); nothing else installs torch."""
+    """`make setup` runs with TORCH_INDEX the CPU index (step, job or workflow env, or on the command line); nothing
+    else installs torch."""
     wf = workflow()
     _, job = the_job(wf)
     setups = 0

@@ -189,7 +189,8 @@ def test_cka_rows_give_every_variant_per_layer_and_skip_a_constant_layer():
 
 
 def test_float16_rounding_of_a_constant_vector_is_still_constant() -> None:
-    """The embeddings' [CLS] saved as float16 from batches of different shapes: equal up to one unit in the last place."""
+    """The embeddings' [CLS] saved as float16 from batches of different shapes: equal up to one unit in the last
+    place."""
     from inflection_layers.similarity import linear_cka
 
     rng = np.random.default_rng(0)

@@ -66,8 +66,10 @@ def test_every_profile_matches_the_schema_both_ways(profile: str) -> None:
     assert parse_params(raw).study.profile == profile
 
 
-def test_repository_params_are_valid() -> None:
-    assert isinstance(load_params(ROOT / "params.yaml"), Params)
+def test_repository_params_are_the_default_profile_parsed() -> None:
+    committed = load_params(ROOT / "params.yaml")
+    assert committed == parse_params(composed("default"))
+    assert committed.study.profile == "default"
 
 
 def _with(key: str, value: object) -> dict:
@@ -173,5 +175,5 @@ def test_learning_rate_per_strategy() -> None:
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ParamError, match="params.yaml"):
+    with pytest.raises(ParamError, match=r"params.yaml"):
         load_params(tmp_path / "params.yaml")

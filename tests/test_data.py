@@ -329,7 +329,7 @@ def test_hub_source_refused_when_unreachable(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("down")))
     _no_datasets(monkeypatch)
-    with pytest.raises(DataError, match="data.source is 'hub'.*unreachable"):
+    with pytest.raises(DataError, match=r"data.source is 'hub'.*unreachable"):
         load_splits(params("hub", "/nonexistent"), BOTH)
 
 

@@ -139,7 +139,8 @@ def loss_grads(model: nn.Module, batch: dict[str, torch.Tensor], record: bool) -
 
 
 def per_token_reference(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.autograd.grad of the loss at every hidden state, reduced by hand: (mean over valid tokens, mean at token 0)."""
+    """torch.autograd.grad of the loss at every hidden state, reduced by hand: (mean over valid tokens, mean at token
+    0)."""
     out = model(**batch, output_hidden_states=True)
     grads = torch.autograd.grad(out.loss, out.hidden_states)  # L + 1 of (B, T, D)
     valid = batch["attention_mask"].bool()
@@ -150,7 +151,8 @@ def per_token_reference(model: nn.Module, batch: dict[str, torch.Tensor]) -> tup
 
 
 def example_norm_reference(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The paper's ||dL/dh_l|| by autograd: per example the L2 norm over its valid tokens, then the mean over examples."""
+    """The paper's ||dL/dh_l|| by autograd: per example the L2 norm over its valid tokens, then the mean over
+    examples."""
     out = model(**batch, output_hidden_states=True)
     grads = torch.autograd.grad(out.loss, out.hidden_states)  # L + 1 of (B, T, D)
     valid = batch["attention_mask"].bool()[:, :, None]

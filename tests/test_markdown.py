@@ -6,6 +6,7 @@ import math
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from inflection_layers.reporting import markdown as M
 
@@ -25,16 +26,37 @@ def test_describe_overlap_follows_the_counts():
     assert "was not audited" in M.describe_overlap("cr", "test", 10, None, 0, 0)
 
 
-def source(dev_losses: list[float], train_loss: float) -> dict:
-    curve = [{"epoch": i + 1, "dev_loss": d} for i, d in enumerate(dev_losses)]
-    return {"over-1": {"train_loss": train_loss, "curve": curve}, "under-1": {"train_loss": 0.3, "curve": curve[:1]}}
+def source(dev_losses: list[float], train_losses: list[float], final: float) -> dict:
+    curve = [
+        {"epoch": i + 1, "dev_loss": d, "train_loss": t}
+        for i, (d, t) in enumerate(zip(dev_losses, train_losses, strict=True))
+    ]
+    return {"over-1": {"train_loss": final, "curve": curve}, "under-1": {"train_loss": 0.3, "curve": curve[:1]}}
+
+
+@pytest.mark.parametrize(
+    ("dev", "train", "signature"),
+    [
+        ([0.30, 0.35, 0.40], [0.3, 0.2, 0.1], True),  # dev loss up twice in a row while training loss falls
+        ([0.30, 0.25, 0.40], [0.3, 0.2, 0.1], False),  # one rise only: not the signature
+        ([0.30, 0.35, 0.40], [0.3, 0.3, 0.4], False),  # training loss not falling
+        ([0.40, 0.30, 0.25, 0.26, 0.27], [0.5, 0.4, 0.3, 0.2, 0.1], True),
+    ],
+)
+def test_the_signature_of_over_training_needs_two_consecutive_rises(
+    dev: list[float], train: list[float], signature: bool
+) -> None:
+    assert (
+        M.overtraining_signature([{"dev_loss": d, "train_loss": t} for d, t in zip(dev, train, strict=True)])
+        is signature
+    )
 
 
 def test_describe_over_training_flips():
-    over = M.describe_over_training(source([0.30, 0.25, 0.40], 0.05))
-    fine = M.describe_over_training(source([0.40, 0.30, 0.25], 0.5))
-    assert "rose after its best epoch in 1 of 1 seeds" in over and "lower than UNDER's" in over
-    assert "did not rise" in fine and "higher than UNDER's" in fine
+    over = M.describe_over_training(source([0.30, 0.35, 0.40], [0.3, 0.2, 0.1], 0.05))
+    fine = M.describe_over_training(source([0.40, 0.30, 0.25], [0.3, 0.2, 0.1], 0.5))
+    assert "In 1 of 1 OVER seeds" in over and "the signature of over-training" in over and "lower than UNDER's" in over
+    assert "In none of 1 OVER seeds" in fine and "signature" not in fine and "higher than UNDER's" in fine
     assert "lacks one of the regimes" in M.describe_over_training({"over-1": {}})
 
 
@@ -54,22 +76,6 @@ def test_describe_rule_says_why_from_the_numbers():
     paper = SimpleNamespace(method="greedy", alpha=0.5, s=1, max_band=None)
     assert M.describe_rule(paper, 12, ablation(7)).startswith(
         "The LoRA cells used the greedy rule (alpha 0.5, +-1, no cap)"
-    )
-
-
-def test_describe_power_counts_underpowered_parts():
-    parts = pd.DataFrame(
-        {
-            "test": ["greater", "greater", "less"],
-            "in_verdict": [True] * 3,
-            "detectable_effect": [0.02, 0.005, math.nan],
-            "effect": [0.01, 0.01, None],
-        }
-    )
-    text = M.describe_power(parts)
-    assert (
-        "1 of 3 statistical parts have no detectable effect" in text
-        and "of the 2 that test a stated size, 1 could not detect it" in text
     )
 
 
@@ -124,25 +130,19 @@ def test_values_and_intervals_in_their_units():
     assert M.value_text(1.234, "points") == "+1.23 points" and M.interval_text(math.nan, 1, "points") == "n/a"
 
 
-def test_claim_table_columns():
+def test_counts_name_every_verdict_without_double_negatives():
     claims = pd.DataFrame(
-        [
-            {
-                "id": "P1",
-                "target": "rt",
-                "claim": "c",
-                "source": "paper",
-                "paper_value": "+1.00 points",
-                "ours": 0.5,
-                "ci_low": -0.1,
-                "ci_high": 1.1,
-                "unit": "points",
-                "verdict": "Inconclusive",
-            }
-        ]
+        {"role": ["primary", "primary", "extension"], "verdict": ["Reproduced", "Inconclusive", "Reproduced"]}
     )
-    table = M.claim_table(claims)[0].splitlines()
-    assert table[0] == "| id | target | claim | paper | ours | interval | verdict |" and "**Inconclusive**" in table[2]
+    text = M.describe_counts(claims)
+    assert text == "Of 2 primary claim rows: 1 reproduced, 0 partially reproduced, 0 not reproduced, 1 inconclusive."
+
+
+def test_an_interval_says_its_level():
+    assert (
+        M.interval_text(-0.1, 0.5, "points", 0.9) == "[-0.1, +0.5] (90%)"
+        and M.interval_text(0.5, 2.0, "ratio") == "[0.5x, 2x]"
+    )
 
 
 def test_describe_stale_flips():

@@ -26,7 +26,8 @@ def test_packaged_model_loads_offline_with_one_attention_tensor_per_layer() -> N
         "m = load_model('packaged'); t = load_tokenizer('packaged');"
         "b = t(['a fine film .', 'dull'], return_tensors='pt', padding=True);"
         "print(m.config._attn_implementation);"
-        "ctx = attention(m, 'eager'); ctx.__enter__(); out = m(**b, output_attentions=True); ctx.__exit__(None, None, None);"
+        "ctx = attention(m, 'eager'); ctx.__enter__(); "
+        "out = m(**b, output_attentions=True); ctx.__exit__(None, None, None);"
         "c = m.config; n = sum(p.numel() for n, p in m.named_parameters() if not n.startswith('classifier'));"
         "print(len(out.attentions), tuple(out.attentions[0].shape[:2]), c.num_hidden_layers, c.hidden_size, n)"
     )
@@ -42,7 +43,7 @@ def test_checkpoint_round_trip_is_safetensors(tiny_bert: torch.nn.Module, tmp_pa
     save_checkpoint(tiny_bert, tokenizer, tmp_path, {"seed": 1})
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
     again = load_model(str(tmp_path))
-    for (n, a), (_, b) in zip(tiny_bert.state_dict().items(), again.state_dict().items()):
+    for (n, a), (_, b) in zip(tiny_bert.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     assert again.config._attn_implementation == "sdpa"
 
@@ -50,7 +51,7 @@ def test_checkpoint_round_trip_is_safetensors(tiny_bert: torch.nn.Module, tmp_pa
 def test_directory_without_safetensors_is_refused(tiny_bert: torch.nn.Module, tmp_path: Path) -> None:
     tiny_bert.config.save_pretrained(tmp_path)
     torch.save(tiny_bert.state_dict(), tmp_path / "pytorch_model.bin")
-    with pytest.raises(ModelError, match="no \\*.safetensors"):
+    with pytest.raises(ModelError, match=r"no \*.safetensors"):
         load_model(str(tmp_path))
 
 
@@ -58,7 +59,7 @@ def test_truncated_weights_are_a_clear_error(tiny_bert: torch.nn.Module, tmp_pat
     tiny_bert.save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(ModelError, match="model.safetensors: truncated safetensors file"):
+    with pytest.raises(ModelError, match=r"model.safetensors: truncated safetensors file"):
         load_model(str(tmp_path))
 
 
@@ -91,7 +92,7 @@ def test_a_model_that_is_neither_a_folder_nor_reachable_is_one_line(
 
 
 def test_a_directory_without_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="without config.json"):
+    with pytest.raises(ModelError, match=r"without config.json"):
         resolve_model_path(str(tmp_path))
 
 

@@ -24,7 +24,7 @@ from inflection_layers.reporting.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DIR = ROOT / ".dvc" / "plots"
-TIDY = {"layer", "epoch", "trainable_parameters", "value", "std", "series", "panel", "in_band"}
+TIDY = {"layer", "epoch", "step", "tau", "trainable_parameters", "value", "std", "series", "panel", "in_band"}
 # Anchors DVC fills in a custom template (dvc_render/vega.py, VegaRenderer.get_filled_template); DATA is required.
 ANCHORS = (
     "<DVC_METRIC_DATA>",
@@ -63,7 +63,7 @@ def definitions() -> tuple[dict[str, dict], list[str]]:
 
 
 def csv_of(props: dict) -> str:
-    ((path, field),) = props["y"].items()
+    ((path, _field),) = props["y"].items()
     return path
 
 
@@ -121,10 +121,11 @@ def test_definitions_read_tidy_columns_only():
 
 
 def test_titles_and_axis_labels_say_what_is_drawn():
-    """Title = the figure's caption; y label = the PNG's y label (a '\\n' only breaks the line); x label not a bare column."""
+    """Title = the figure's caption; y label = the PNG's y label (a '\\n' only breaks the line); x label not a bare
+    column."""
     series, _ = definitions()
     for pid, props in series.items():
-        x_col, caption, y_label, _ = FIGURES[pid]
+        _x_col, caption, y_label, _ = FIGURES[pid]
         assert props.get("title") == caption, f"{pid}: title should be figures.FIGURES' caption"
         assert str(props.get("y_label", "")).replace("\n", " ") == y_label, (
             f"{pid}: y_label should be the PNG's y label"
@@ -242,7 +243,9 @@ def test_dvc_render_fills_every_anchor():
 
 NODE_CHECK = r"""
 const fs = require('fs'), vm = require('vm');
-const ctx = {console, setTimeout, clearTimeout, setInterval, clearInterval, structuredClone, TextEncoder, TextDecoder, URL};
+const ctx = {
+  console, setTimeout, clearTimeout, setInterval, clearInterval, structuredClone, TextEncoder, TextDecoder, URL
+};
 ctx.self = ctx; ctx.window = ctx;
 vm.createContext(ctx);
 vm.runInContext(fs.readFileSync(process.env.VEGA_LIBS, 'utf8'), ctx);
@@ -252,12 +255,17 @@ const specs = JSON.parse(fs.readFileSync(0, 'utf8'));
   for (const [id, spec] of Object.entries(specs)) {
     const warnings = [];
     try {
-      const vg = ctx.vegaLite.compile(spec, {logger: {warn: (...a) => warnings.push(a.join(' ')), info() {}, debug() {}, level() { return this; }}}).spec;
+      const vg = ctx.vegaLite.compile(spec, {
+        logger: {warn: (...a) => warnings.push(a.join(' ')), info() {}, debug() {}, level() { return this; }}
+      }).spec;
       const view = new ctx.vega.View(ctx.vega.parse(vg), {renderer: 'none'});
       const svg = await view.toSVG();
-      const titles = [...svg.matchAll(/role-axis-title[^>]*>(?:<[^>]*>)*?<text[^>]*>([\s\S]*?)<\/text>/g)].map(m => m[1].replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ').trim());
+      const titles = [...svg.matchAll(/role-axis-title[^>]*>(?:<[^>]*>)*?<text[^>]*>([\s\S]*?)<\/text>/g)]
+        .map(m => m[1].replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ').trim());
       const size = svg.match(/<svg[^>]*width="([^"]*)" height="([^"]*)"/);
-      out[id] = {ok: true, width: +size[1], height: +size[2], marks: (svg.match(/role-mark/g) || []).length, titles, warnings};
+      out[id] = {
+        ok: true, width: +size[1], height: +size[2], marks: (svg.match(/role-mark/g) || []).length, titles, warnings
+      };
     } catch (e) {
       out[id] = {ok: false, error: String(e), warnings};
     }
@@ -269,7 +277,8 @@ const specs = JSON.parse(fs.readFileSync(0, 'utf8'));
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the inlined Vega/Vega-Lite builds")
 def test_filled_templates_compile_and_render_in_vega(tmp_path: Path):
-    """The page's own Vega-Lite 5 and Vega 5 builds (from the offline template) compile and draw every chart, in show and diff."""
+    """The page's own Vega-Lite 5 and Vega 5 builds (from the offline template) compile and draw every chart, in show
+    and diff."""
     html = (TEMPLATE_DIR / "offline.html").read_text(encoding="utf8")
     scripts = re.findall(r"<script[^>]*>(.*?)</script>", html, re.S)
     libs = tmp_path / "vega.js"

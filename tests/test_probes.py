@@ -30,7 +30,8 @@ def test_separable_layers_are_probed_well_and_noise_layers_at_chance(kind: str) 
 
 
 def test_stacked_probes_equal_separate_ones() -> None:
-    """AdamW is elementwise: training two layers together gives what each would alone (same seed, linear, no dropout)."""
+    """AdamW is elementwise: training two layers together gives what each would alone (same seed, linear, no
+    dropout)."""
     X, y = blobs(120, 4, 1.0, 2)
     Z, _ = blobs(120, 4, 0.5, 3)
     both = train_probes(

@@ -1,4 +1,5 @@
-"""Profiles: params.yaml is the default profile as DVC's Hydra composition writes it; each profile says what it claims."""
+"""Profiles: params.yaml is the default profile as DVC's Hydra composition writes it; each profile says what it
+claims."""
 
 from __future__ import annotations
 
@@ -112,5 +113,5 @@ def test_an_override_composes_on_top_of_a_profile() -> None:
 
 
 def test_a_bad_override_is_refused_with_its_key() -> None:
-    with pytest.raises(ParamError, match="lora.rank"):
+    with pytest.raises(ParamError, match=r"lora.rank"):
         parse_params(yaml.safe_load(composed("lora.rank=0")))

@@ -1,4 +1,5 @@
-"""Tests of inflection_layers.reporting.stats: seed-level t statistics, the hierarchical bootstrap, TOST, power, McNemar, Holm."""
+"""Tests of inflection_layers.reporting.stats: seed-level t statistics, the hierarchical bootstrap, TOST, power,
+McNemar, Holm."""
 
 from __future__ import annotations
 
@@ -6,20 +7,24 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 
 from inflection_layers.reporting import stats
 from inflection_layers.reporting.stats import (
     _CHUNK,
+    band_rank_test,
     compare_arms,
-    detectable_effect,
+    depth_trend,
     equivalence_test,
     hierarchical_bootstrap,
     holm,
     mcnemar_exact,
+    partial_spearman,
     points,
     seed_interval,
+    seeds_needed,
 )
 
 nan = math.nan
@@ -246,7 +251,7 @@ def test_equivalence_test_rejects_bad_margin(margin):
         equivalence_test(np.array([0.1, 0.2]), margin, 0.05)
 
 
-# --- detectable effect ---
+# --- prospective power and the band tests ---
 
 
 def power_by_nct(effect: float, sd: float, n: int, alpha: float) -> float:
@@ -255,26 +260,72 @@ def power_by_nct(effect: float, sd: float, n: int, alpha: float) -> float:
     return sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
 
 
-@pytest.mark.parametrize(
-    "sd, n, alpha, power", [(0.01, 3, 0.05, 0.8), (0.004, 2, 0.05, 0.8), (0.02, 5, 0.1, 0.9), (1.0, 10, 0.05, 0.5)]
-)
-def test_detectable_effect_matches_brute_force_power(sd, n, alpha, power):
-    mde = detectable_effect(sd, n, alpha, power)
-    grid = np.linspace(0, 15 * sd, 30_001)  # brute force: the smallest effect on a fine grid reaching the power
-    powers = np.array([power_by_nct(e, sd, n, alpha) for e in grid[::100]])
-    coarse = grid[::100][np.argmax(powers >= power)]
-    fine = grid[(grid > coarse - 100 * (grid[1] - grid[0])) & (grid <= coarse)]
-    first = fine[np.argmax([power_by_nct(e, sd, n, alpha) >= power for e in fine])]
-    assert mde == pytest.approx(first, abs=2 * (grid[1] - grid[0]))
-    assert power_by_nct(mde, sd, n, alpha) == pytest.approx(power, abs=1e-4)
+@pytest.mark.parametrize("d, sd, alpha, power", [(0.13, 0.275, 0.05, 0.8), (1.0, 0.3, 0.05, 0.8), (0.5, 1.0, 0.1, 0.9)])
+def test_seeds_needed_is_the_smallest_n_reaching_the_power(d, sd, alpha, power):
+    n = int(seeds_needed(d, sd, alpha, power))
+    assert power_by_nct(d, sd, n, alpha) >= power - 1e-6 and (n == 2 or power_by_nct(d, sd, n - 1, alpha) < power)
 
 
-@pytest.mark.parametrize(
-    "sd, n, expected", [(0.01, 1, nan), (0.01, 0, nan), (nan, 3, nan), (0.0, 3, 0.0), (0.0, 1, nan)]
-)
-def test_detectable_effect_edge_cases(sd, n, expected):
-    got = detectable_effect(sd, n, 0.05)
+@pytest.mark.parametrize("d, sd, expected", [(0.5, 0.0, 2.0), (0.5, nan, nan), (0.0, 1.0, nan), (nan, 1.0, nan)])
+def test_seeds_needed_edge_cases(d, sd, expected):
+    got = seeds_needed(d, sd, 0.05, 0.8)
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+def bands(ski_accs: list[float], draws: list[list[float]]) -> pd.DataFrame:
+    rows = []
+    for g, (ski, others) in enumerate(zip(ski_accs, draws, strict=True)):
+        rows.append({"group": f"g{g}", "band": "ski", "accuracy": ski, "mean_layer": 4.0, "size": 3, "overlap": 3})
+        rows += [
+            {"group": f"g{g}", "band": f"random_{i}", "accuracy": a, "mean_layer": float(i), "size": 3, "overlap": 0}
+            for i, a in enumerate(others)
+        ]
+    return pd.DataFrame(rows)
+
+
+def test_a_ski_band_at_the_top_of_every_group_is_unlikely_by_chance():
+    top = band_rank_test(bands([0.9] * 6, [[0.80, 0.81, 0.82, 0.83, 0.84]] * 6), seed=0)
+    mid = band_rank_test(bands([0.82] * 6, [[0.80, 0.81, 0.83, 0.84, 0.85]] * 6), seed=0)
+    assert top["mean_share"] == 1.0 and top["p"] < 0.001 and "g0 1 of 6" in top["text"]
+    assert mid["mean_share"] == pytest.approx(0.4) and mid["p"] > 0.5
+
+
+def test_the_depth_trend_is_fitted_within_groups_and_ski_measured_against_it():
+    """Accuracy rises 1 point per layer within every group; a SKI band at layer 4 lying 2 points above that line is
+    +2."""
+    rows = []
+    for g, base in enumerate((0.80, 0.70, 0.75)):
+        rows += [
+            {
+                "group": f"g{g}",
+                "band": f"random_{i}",
+                "accuracy": base + 0.01 * i,
+                "mean_layer": float(i),
+                "size": 3,
+                "overlap": i % 2,
+            }
+            for i in range(5)
+        ]
+        rows.append(
+            {
+                "group": f"g{g}",
+                "band": "ski",
+                "accuracy": base + 0.04 + 0.02,
+                "mean_layer": 4.0,
+                "size": 3,
+                "overlap": 3,
+            }
+        )
+    trend = depth_trend(pd.DataFrame(rows))
+    assert trend["slope"] == pytest.approx(0.01, abs=1e-9) and trend["mean"] == pytest.approx(0.02, abs=0.005)
+
+
+def test_partial_spearman_removes_a_shared_cause():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=200)
+    x, y = z + 0.1 * rng.normal(size=200), z + 0.1 * rng.normal(size=200)
+    assert sps.spearmanr(x, y)[0] > 0.9 and abs(partial_spearman(pd.Series(x), pd.Series(y), pd.Series(z))) < 0.2
+    assert partial_spearman(pd.Series(x), pd.Series(-x), pd.Series(rng.normal(size=200))) < -0.95
 
 
 # --- McNemar and Holm ---
@@ -322,16 +373,16 @@ def test_holm(p, reject, adjusted):
 
 def test_compare_arms_identical_arms():
     a, _ = arms([0.8, 0.7, 0.9], [0.5] * 3, n=200, seed=1)
-    r = compare_arms(a, a.copy(), n_boot=500, confidence=0.95, alpha=0.05, power=0.8, seed=0)
+    r = compare_arms(a, a.copy(), n_boot=500, confidence=0.95, seed=0)
     assert r["diff"] == 0 and r["diffs_points"] == "0.00;0.00;0.00"
     assert r["ci_low"] <= 0 <= r["ci_high"] and r["boot_low"] <= 0 <= r["boot_high"]
     assert r["p"] == 1.0 and r["n_a_only"] == r["n_b_only"] == 0 and r["p_mcnemar_seeds"] == "1;1;1"
-    assert r["detectable_effect"] == 0.0 and r["acc_a"] == r["acc_b"]
+    assert r["acc_a"] == r["acc_b"]
 
 
 def test_compare_arms_fields():
     a, b = arms([0.85, 0.8, 0.9], [0.8, 0.8, 0.8], n=300, seed=2)
-    r = compare_arms(a, b, n_boot=1000, confidence=0.95, alpha=0.05, power=0.8, seed=4)
+    r = compare_arms(a, b, n_boot=1000, confidence=0.95, seed=4)
     diffs = a.mean(axis=1) - b.mean(axis=1)
     np.testing.assert_allclose(r["diffs"], diffs)
     assert r["diffs_points"] == ";".join(f"{100 * d:.2f}" for d in diffs)
@@ -346,16 +397,15 @@ def test_compare_arms_fields():
     assert r["boot_low"] < r["diff"] < r["boot_high"]
     assert r["n_a_only"] == int(np.sum((a == 1) & (b == 0))) and r["n_b_only"] == int(np.sum((a == 0) & (b == 1)))
     assert len(r["p_mcnemar_seeds"].split(";")) == 3
-    assert r["detectable_effect"] == detectable_effect(si["sd"], 3, 0.05, 0.8)
     assert (r["n_seeds"], r["n_examples"]) == (3, 300)
-    again = compare_arms(a, b, n_boot=1000, confidence=0.95, alpha=0.05, power=0.8, seed=4)
+    again = compare_arms(a, b, n_boot=1000, confidence=0.95, seed=4)
     assert (again["boot_low"], again["boot_high"]) == (r["boot_low"], r["boot_high"])  # seeded: reproducible
 
 
 def test_compare_arms_one_seed():
     a, b = arms([0.9], [0.7], n=100, seed=0)
-    r = compare_arms(a, b, n_boot=200, confidence=0.95, alpha=0.05, power=0.8, seed=0)
-    assert r["n_seeds"] == 1 and math.isnan(r["ci_low"]) and math.isnan(r["p"]) and math.isnan(r["detectable_effect"])
+    r = compare_arms(a, b, n_boot=200, confidence=0.95, seed=0)
+    assert r["n_seeds"] == 1 and math.isnan(r["ci_low"]) and math.isnan(r["p"])
     assert r["boot_low"] <= r["diff"] <= r["boot_high"]
 
 
@@ -365,6 +415,7 @@ def test_points(diffs, text):
 
 
 def test_module_is_pure():
-    src = open(stats.__file__).read()
+    with open(stats.__file__) as f:
+        src = f.read()
     assert "open(" not in src and "print(" not in src
     assert len(src.splitlines()) < 300

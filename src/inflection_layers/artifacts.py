@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 def stage_args(description: str, options: dict[str, str]) -> argparse.Namespace:
     """The command line dvc.yaml gives a stage. Each option ``name: help`` is a required path ``--name``,
     except: a name ending in ``*`` takes one or more paths, in ``?`` is an optional path; ``group`` is a
-    :class:`~inflection_layers.cells.Group` given by its name (e.g. rt-over-42), ``regime`` a regime name, ``seed`` an integer and ``lora`` a flag."""
+    :class:`~inflection_layers.cells.Group` given by its name (e.g. rt-over-42), ``regime`` a regime name, ``seed`` an
+    integer and ``kind`` a finetune stage's kind (plain, peft, tau)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     from inflection_layers.cells import Group
 
@@ -139,12 +140,6 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
-    """Write a DataFrame as parquet (no index), atomically."""
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-
-
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
     """Write a DataFrame as CSV (no index), atomically: the format of DVC plot data."""
     with atomic_path(path) as tmp:
@@ -179,7 +174,8 @@ def damaged(path: Path, what: str, detail: str) -> InputError:
 def _missing(path: Path) -> InputError:
     stage = writer_of(path)
     return InputError(
-        f"{path}: missing; it is written by {f'stage {stage}: run `dvc repro {stage}`' if stage else 'an earlier stage: run `dvc repro`'}"
+        f"{path}: missing; it is written by "
+        + (f"stage {stage}: run `dvc repro {stage}`" if stage else "an earlier stage: run `dvc repro`")
     )
 
 

@@ -24,7 +24,6 @@ import pandas as pd
 
 COVER_THRESHOLD = 0.5
 FLAGS = ("in_source", "in_sst2", "phrase_covered")
-CLEAN = ("clean_source", "clean_sst2", "clean_phrase")
 COLUMNS = ["id", "target", "split", "in_source", "in_sst2", "phrase_covered", "phrase_cover_share"]
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _WORD = re.compile(r"[a-z0-9]+")

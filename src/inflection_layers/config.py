@@ -1,21 +1,17 @@
 """params.yaml, read once and validated against one typed schema before any expensive work.
 
 Every section of params.yaml is a frozen dataclass below; each field carries its type and its rule
-(``Annotated[int, AtLeast(1)]``) and **no default value**: the values live only in
-``conf/config.yaml`` and the profiles (``conf/profile/*.yaml``), which DVC composes into params.yaml.
-A missing key, an unknown key, a wrong type or an out-of-range value raises :class:`ParamError`,
-which names the full key, the value and what is allowed (nanoGPT: ``raise ValueError(f"Unknown
-config key: {key}")``; peft: refuse bad combinations in ``__post_init__``). Constraints that need the
-model's depth or the data's size are checked by the ``validate`` stage (:mod:`inflection_layers.validate`).
+(``Annotated[int, AtLeast(1)]``, :mod:`inflection_layers.schema`) and **no default value**: the values live only
+in ``conf/config.yaml`` and the profiles (``conf/profile/*.yaml``), which DVC composes into params.yaml. A missing
+key, an unknown key, a wrong type or an out-of-range value raises :class:`ParamError` naming the key. Constraints
+that need the model's depth or the data's size are checked by the `validate` stage (:mod:`inflection_layers.validate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import yaml
 
@@ -32,80 +28,21 @@ from inflection_layers.cells import (
     family,
 )
 from inflection_layers.errors import ParamError
+from inflection_layers.schema import (
+    NONNEGATIVE,
+    POSITIVE,
+    RATE,
+    AtLeast,
+    Between,
+    Count,
+    CountOr,
+    OneOf,
+    build,
+    require,
+)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LORA_TARGETS = ("query", "key", "value", "attention_output")  # the study's names; modeling maps them per architecture
-
-
-@dataclasses.dataclass(frozen=True)
-class AtLeast:
-    """A number >= low (None passes where the type allows it)."""
-
-    low: float
-
-    def ok(self, v: Any) -> bool:
-        return v is None or (all(x >= self.low for x in v) if isinstance(v, list) else v >= self.low)
-
-    def allowed(self, tp: str) -> str:
-        return f"{tp} >= {self.low:g}" + (" each" if tp.startswith("a value of type list") else "")
-
-
-@dataclasses.dataclass(frozen=True)
-class Between:
-    """A number in an interval; `brackets` gives its ends, e.g. "(]" for lo < v <= hi."""
-
-    lo: float
-    hi: float
-    brackets: str
-
-    def ok(self, v: Any) -> bool:
-        if v is None:
-            return True
-        low = v >= self.lo if self.brackets[0] == "[" else v > self.lo
-        high = v <= self.hi if self.brackets[1] == "]" else v < self.hi
-        return low and high
-
-    def allowed(self, tp: str) -> str:
-        return f"{tp} in {self.brackets[0]}{self.lo:g}, {self.hi:g}{self.brackets[1]}"
-
-
-@dataclasses.dataclass(frozen=True)
-class OneOf:
-    """One of a few values; for a list, every item (and, with `unique`, no repeats and not empty)."""
-
-    values: tuple | None = None
-    unique: bool = False
-    empty: bool = False  # an empty list is allowed
-
-    def ok(self, v: Any) -> bool:
-        items = v if isinstance(v, list) else [v]
-        fine = self.values is None or all(x in self.values for x in items)
-        return fine and (not self.unique or ((len(items) > 0 or self.empty) and len(set(items)) == len(items)))
-
-    def allowed(self, tp: str) -> str:
-        among = f"values among {list(self.values)}" if self.values is not None else ""
-        if not self.unique:
-            return f"one of {list(self.values)}"
-        return ("a list" if self.empty else "a non-empty list") + " without repeats" + (f" of {among}" if among else "")
-
-
-@dataclasses.dataclass(frozen=True)
-class CountOr:
-    """An integer >= 1, or one word ('all', 'auto')."""
-
-    word: str
-
-    def ok(self, v: Any) -> bool:
-        return v == self.word or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-
-    def allowed(self, tp: str) -> str:
-        return f"an integer >= 1 or '{self.word}'"
-
-
-RATE = Between(0, 1, "()")
-POSITIVE = AtLeast(1)
-NONNEGATIVE = AtLeast(0)
-Count = Annotated[int, POSITIVE]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,14 +63,14 @@ class Study:
     tau_strategies: Annotated[list[str], OneOf(TAU_STRATEGIES, unique=True, empty=True)]
 
     def __post_init__(self) -> None:
-        _require(bool(self.profile.strip()), "study.profile", self.profile, "a non-empty name")
-        _require(
+        require(bool(self.profile.strip()), "study.profile", self.profile, "a non-empty name")
+        require(
             "none" in self.strategies,
             "study.strategies",
             self.strategies,
             "a list that includes 'none' (the source model: the 'before' of every comparison)",
         )
-        _require(all(s >= 0 for s in self.seeds), "study.seeds", self.seeds, "integers >= 0")
+        require(all(s >= 0 for s in self.seeds), "study.seeds", self.seeds, "integers >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +94,7 @@ class Model:
     precision: Annotated[str, OneOf(PRECISIONS)]
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             bool(self.name.strip()),
             "model.name",
             self.name,
@@ -238,11 +175,12 @@ class Finetune:
     eval_splits: list[str]
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.eval_splits in (list(EVAL_SPLITS[:1]), list(EVAL_SPLITS)),
             "finetune.eval_splits",
             self.eval_splits,
-            f"{list(EVAL_SPLITS[:1])} or {list(EVAL_SPLITS)} (validation first: it is the analysis sample's first part)",
+            f"{list(EVAL_SPLITS[:1])} or {list(EVAL_SPLITS)} "
+            "(validation first: it is the analysis sample's first part)",
         )
 
 
@@ -257,7 +195,7 @@ class Intervene:
     diag_every: Count  # adaptation diagnostics this often inside the annealing window
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             1.0 in self.temperatures and len(set(self.temperatures)) == len(self.temperatures),
             "intervene.temperatures",
             self.temperatures,
@@ -302,7 +240,7 @@ class Analysis:
     pca_dim: Count
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             "none" in self.strategies,
             "analysis.strategies",
             self.strategies,
@@ -326,13 +264,29 @@ class Probe:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sesoi:
+    """Smallest effects of interest of our claims (data/paper/decisions.csv names which part uses which)."""
+
+    accuracy: Annotated[float, RATE]  # a difference of accuracy (fraction of 1)
+    margin: Annotated[float, RATE]  # non-inferiority and equivalence margin on accuracy (fraction of 1)
+    entropy: Annotated[float, AtLeast(0)]  # nats
+    log_ratio: Annotated[float, AtLeast(0)]  # a change of a gradient-norm ratio, natural log
+    cka: Annotated[float, AtLeast(0)]  # 1 - CKA
+    rho: Annotated[float, RATE]  # a correlation
+    slope: Annotated[float, AtLeast(0)]  # cosine similarity per layer
+    fvu: Annotated[float, AtLeast(0)]  # excess fraction of variance unexplained per unit of shift
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
-    """Statistics of the report: seed-level intervals, bootstrap, tests, power."""
+    """Statistics of the report: seed-level intervals, verdict rules, bootstrap, prospective power."""
 
     bootstrap: Annotated[int, AtLeast(100)]  # hierarchical bootstrap resamples
-    confidence: Annotated[float, RATE]  # the level of every interval
+    confidence: Annotated[float, RATE]  # the level of every interval (equivalence: 1 - 2 alpha)
     alpha: Annotated[float, RATE]  # test level
-    power: Annotated[float, RATE]  # for the smallest detectable effect
+    power: Annotated[float, RATE]  # of the prospective power table
+    about: Annotated[float, AtLeast(1.01)]  # "about x" means within [x / about, x * about]
+    sesoi: Sesoi
     seed: Annotated[int, NONNEGATIVE]
 
 
@@ -354,7 +308,7 @@ class Cluster:
     resources: dict[str, Resources]
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             "default" in self.resources, "cluster.resources", sorted(self.resources), "a mapping with a 'default' entry"
         )
 
@@ -387,106 +341,20 @@ class Params:
         return self.finetune.lr.ia3 if name in IA3_STRATEGIES else getattr(self.finetune.lr, name)
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ParamError(key, value, allowed)
-
-
-def _split(tp: Any) -> tuple[Any, tuple]:
-    """(the type, its rules) of a field annotation, ``Annotated[T, rule, ...]`` or a plain type."""
-    if typing.get_origin(tp) is Annotated:
-        base, *rules = typing.get_args(tp)
-        return base, tuple(rules)
-    return tp, ()
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    """Whether a YAML value fits a type (int is not bool; an int is a valid float)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return any(_type_ok(value, t) for t in typing.get_args(tp))
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
-    if tp is type(None):
-        return value is None
-    if tp in (int, float):
-        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def _describe(tp: Any) -> str:
-    names = {
-        "int": "an integer",
-        "float": "a float",
-        "str": "a string",
-        "bool": "true or false",
-        "int | None": "an integer or null",
-        "float | None": "a float or null",
-        "str | None": "a string or null",
-    }
-    text = getattr(tp, "__name__", None) if not isinstance(tp, types.UnionType) else None
-    text = text or str(tp).replace("typing.", "")
-    return names.get(text, f"a value of type {text}")
-
-
-def _value(tp: Any, raw: Any, key: str) -> Any:
-    """One field's value: a nested dataclass, a mapping of dataclasses, or a plain value of its type that passes its rules."""
-    tp, rules = _split(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, raw, key)
-    if typing.get_origin(tp) is dict:
-        _, inner = typing.get_args(tp)
-        _require(isinstance(raw, dict) and bool(raw), key, raw, "a non-empty mapping")
-        return {str(k): _build(inner, v, f"{key}.{k}") for k, v in raw.items()}
-    _require(_type_ok(raw, tp), key, raw, _describe(tp))
-    nullable = type(None) in typing.get_args(tp)
-    for rule in rules:
-        _require(
-            rule.ok(raw),
-            key,
-            raw,
-            rule.allowed(_describe(tp).removesuffix(" or null")) + (", or null" if nullable else ""),
-        )
-    return float(raw) if tp is float else raw
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    """Turn a YAML mapping into the dataclass `cls`: unknown, missing and mistyped keys are errors."""
-    _require(isinstance(raw, dict), prefix or "params.yaml", raw, "a mapping of keys to values")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        _require(
-            key in fields,
-            f"{prefix}.{key}" if prefix else str(key),
-            raw[key],
-            f"no such key; known keys here: {fields}",
-        )
-    for key in fields:
-        _require(
-            key in raw,
-            f"{prefix}.{key}" if prefix else key,
-            "(missing)",
-            f"a value: every key is set in conf/config.yaml or a profile ({_describe(_split(hints[key])[0])})",
-        )
-    return cls(**{key: _value(hints[key], raw[key], f"{prefix}.{key}" if prefix else key) for key in fields})
-
-
 def parse_section(cls: type, raw: Any, key: str) -> Any:
     """Validate one section of a params mapping (e.g. `cluster` for the Slurm adapter) with the same rules."""
-    return _build(cls, raw, key)
+    return build(cls, raw, key)
 
 
 def parse_params(raw: dict) -> Params:
     """Validate a params mapping (as read from params.yaml) and return the typed :class:`Params`."""
-    return _build(Params, raw, "")
+    return build(Params, raw, "")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; every stage calls this first, before loading data or models."""
     path = Path(path)
-    _require(path.is_file(), str(path), "(missing)", "a params.yaml in the repository root: run the stage from there")
+    require(path.is_file(), str(path), "(missing)", "a params.yaml in the repository root: run the stage from there")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

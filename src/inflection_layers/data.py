@@ -111,7 +111,8 @@ def read_checked(path: Path, rel: str, verify: bool) -> tuple[bytes, dict]:
         )
     if m := CONTROL.search(raw):
         raise DataError(
-            f"{path}: control byte 0x{raw[m.start()]:02X} on line {_line(raw, m.start())}; the file is damaged or not text"
+            f"{path}: control byte 0x{raw[m.start()]:02X} on line {_line(raw, m.start())}; "
+            "the file is damaged or not text"
         )
     if rel.startswith("SST-2/"):
         try:
@@ -174,7 +175,7 @@ def parse_rt(raw: bytes, path: Path, rel: str = "") -> list[str]:
 
 
 def parse_cr(raw: bytes, path: Path, rel: str = "") -> list[str]:
-    """One CR file -> its sentences (split rule steps 1-2): split at LF only, strip, drop pieces without a letter or digit."""
+    """One CR file -> its sentences (split rule steps 1-2): split at LF, strip, drop pieces with no letter or digit."""
     pieces = raw.split(b"\n")
     _check_rows(path, len(pieces) - 1, rel, "lines")
     return [s for s in (p.decode("ascii").strip() for p in pieces) if WORD.search(s)]
@@ -209,7 +210,7 @@ def split_cr(pos: list[str], neg: list[str]) -> dict[str, pd.DataFrame]:
     for label, lines in ((1, pos), (0, neg)):
         seen: set[str] = set()
         kept = []
-        for text, key in zip(lines, keys[label]):
+        for text, key in zip(lines, keys[label], strict=False):
             if key not in both and key not in seen:
                 seen.add(key)
                 kept.append(text)
@@ -264,7 +265,7 @@ def load_hub(targets: Sequence[str]) -> dict[str, pd.DataFrame]:
     if "cr" in targets:
         cr = load_dataset(HUB["cr"][0])
         if "label_text" in cr["train"].column_names:
-            pairs = set(zip(cr["train"]["label"], cr["train"]["label_text"]))
+            pairs = set(zip(cr["train"]["label"], cr["train"]["label_text"], strict=False))
             if not pairs <= {(1, "positive"), (0, "negative")}:
                 raise DataError(f"hub {HUB['cr'][0]}: expected label 1 = positive, 0 = negative, found {sorted(pairs)}")
         test_text, test_label = list(cr["test"]["text"]), list(cr["test"]["label"])
@@ -311,7 +312,7 @@ def stratified_subsample(df: pd.DataFrame, size: int, seed: int) -> pd.DataFrame
 
 
 def select_tables(splits: dict[str, pd.DataFrame], data: Data, targets: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """The splits to write: the SST-2 source sample and dev, and each target's train and (subsampled) evaluation splits."""
+    """The splits to write: the SST-2 source sample and dev, each target's train and (subsampled) evaluation splits."""
     tables = {
         "sst2_source": stratified_subsample(splits["sst2_train"], data.sst2_subsample, data.subsample_seed),
         "sst2_dev": splits["sst2_dev"].reset_index(drop=True),

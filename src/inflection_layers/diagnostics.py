@@ -32,7 +32,7 @@ def attention_entropy(attn: Tensor, attention_mask: Tensor) -> tuple[Tensor, Ten
     are ignored. Normalised entropy divides a row by log(n_valid_keys) of its example (0 when n = 1).
     Returns (raw, normalised), each (H,) float64: means over all valid (batch, query) rows.
     """
-    B, H, Q, K = attn.shape
+    B, _H, Q, K = attn.shape
     if attention_mask.shape != (B, K) or Q != K:
         shapes = f"{tuple(attn.shape)}, {tuple(attention_mask.shape)}"
         raise ValueError(f"expected attn (B, H, K, K) and mask (B, K), got {shapes}")

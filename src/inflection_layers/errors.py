@@ -67,7 +67,7 @@ class Interrupted(BaseException):
 
 
 def stage_label(argv: list[str] | None = None) -> str:
-    """The stage as dvc.yaml names it, from the command line: ``finetune_peft@rt-over-42``, ``source@over-42``, ``report``."""
+    """The stage as dvc.yaml names it, from the command line: ``finetune_peft@rt-over-42``, ``source@over-42``."""
     argv = sys.argv if argv is None else argv
     name = Path(argv[0]).stem if argv and argv[0] else "stage"
     name = name if name != "__main__" else Path(argv[0]).parent.name

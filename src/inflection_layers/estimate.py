@@ -1,4 +1,4 @@
-"""How long a stage will take on this machine, and the study's floor: a FLOP count of every pass, over rates measured here.
+"""How long a stage will take on this machine, and the study's floor: FLOPs of every pass over rates measured here.
 
 Every stage's work is a few kinds of passes over tokens through the encoder (:class:`Work`):
 
@@ -73,7 +73,7 @@ def pass_flops(
 
 @dataclasses.dataclass(frozen=True)
 class Tokens:
-    """Mean tokens per sentence of each prepared table (sst2_source, sst2_dev, rt_train, rt_validation, ...), and counts."""
+    """Mean tokens per sentence of each prepared table (sst2_source, rt_train, rt_validation, ...), and their counts."""
 
     mean: dict[str, float]
     count: dict[str, int]
@@ -271,6 +271,6 @@ def stage_estimate(
 def describe(total: float) -> str:
     """Seconds as '1 h 05 min', '12 min 30 s' or '45 s'."""
     total = max(0.0, total)
-    h, rest = divmod(int(math.ceil(total)), 3600)
+    h, rest = divmod(math.ceil(total), 3600)
     mnt, s = divmod(rest, 60)
     return f"{h} h {mnt:02d} min" if h else f"{mnt} min {s:02d} s" if mnt else f"{s} s"

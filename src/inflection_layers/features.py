@@ -10,7 +10,8 @@ order until `features.train_tokens` tokens. Held-out tokens are the analysis sam
 - per analysed adapted cell (its model rebuilt from the source and its saved adapter or trained weights): the mean
   per-token cosine similarity of hidden states before and after adaptation (Nadipalli, arXiv 2502.16722), the
   source SAE's FVU on the cell's activations, its excess over the FVU on the source's own activations, and that
-  excess per unit of shift (1 - cosine): how far adaptation moved off the source's dictionary beyond what any shift costs.
+  excess per unit of shift (1 - cosine): how far adaptation moved off the source's dictionary beyond what any shift
+  costs.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def fit_saes(states: np.ndarray, params: Params) -> list[tuple[Scale, object]]:
 
 
 def score_cell(saes: list, before: np.ndarray, after: np.ndarray, key: dict) -> list[dict]:
-    """Per layer: cosine before/after, the source SAE's FVU on the cell's activations, its excess, and per unit of shift."""
+    """Per layer: cosine before/after, the source SAE's FVU on the cell's activations, its excess, per unit of shift."""
     rows = []
     for layer, (scale, sae) in enumerate(saes):
         cos = token_cosine(before[layer], after[layer])

@@ -32,7 +32,6 @@ from inflection_layers.adapt import (
     GroupData,
     build_run,
     evaluate_runs,
-    frozen_cells,
     load_group_data,
     make_trunk_model,
     resolve_per_pass,
@@ -46,6 +45,7 @@ from inflection_layers.config import Params, load_params
 from inflection_layers.diagnostics import per_layer_means, tidy
 from inflection_layers.errors import InputError, run_main
 from inflection_layers.estimate import Tokens, stage_estimate
+from inflection_layers.frozen import frozen_cells
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
 from inflection_layers.precision import Precision, resolve
 from inflection_layers.strategies import targeted_modules, trainable_parameters
@@ -192,6 +192,33 @@ def group_tokens(data: GroupData, group: Group) -> Tokens:
     return Tokens.of_ids({f"{group.target}_train": data.train_ids, **evals})
 
 
+def precision_of(params: Params, source: Path, data: GroupData, device: torch.device) -> tuple[Precision, dict]:
+    """The precision the cells will train in (measured on the source where `auto`) and the source's config."""
+    probe_model = load_model(str(source)).to(device)
+    step = probe_step(probe_model, data.train_ids, data.train_labels, data.pad, params.finetune.batch_size, device)
+    return resolve(params.model.precision, device, params.model.name, step), probe_model.config.to_dict()
+
+
+def write_results(
+    params: Params, group: Group, results: dict, data: GroupData, precision: Precision, num_layers: int, dirs: tuple
+) -> None:
+    """Score every cell's predictions and write its folder (predictions, metrics, diagnostics)."""
+    split = params.finetune.eval_splits[0]
+    for strategy, result in results.items():
+        result["predictions"], scores = score(data.eval_frame, result["probs"])
+        metrics = cell_metrics(params, strategy, result, scores, num_layers, precision)
+        write_cell(dirs, Cell(group, strategy), result, metrics, num_layers)
+        logger.info(
+            "%s/%s: %s accuracy %.4f, %d trainable parameters, %.0f s",
+            group.name,
+            strategy,
+            split,
+            scores[f"{split}_accuracy"],
+            metrics["trainable_parameters"],
+            result["seconds"],
+        )
+
+
 def run_group(
     params: Params,
     group: Group,
@@ -206,12 +233,7 @@ def run_group(
     """Every cell of one stage; returns the stage's timing record."""
     t0 = time.perf_counter()
     seed_everything(group.seed)
-    probe_model = load_model(str(source)).to(device)
-    num_layers = probe_model.config.num_hidden_layers
-    step = probe_step(probe_model, data.train_ids, data.train_labels, data.pad, params.finetune.batch_size, device)
-    precision = resolve(params.model.precision, device, params.model.name, step)
-    config = probe_model.config.to_dict()
-    del probe_model
+    precision, config = precision_of(params, source, data, device)
     stage = {"plain": "finetune", "peft": "finetune_peft", "tau": "finetune_tau"}[kind] + f"@{group.name}"
     estimated = stage_estimate(params, config, group_tokens(data, group), stage, precision.name, selection)
     engine: dict = {}
@@ -219,21 +241,9 @@ def run_group(
         results = plain_results(params, group, strategies, source, data, device, precision)
     else:
         results, engine = peft_results(params, group, strategies, source, data, selection, device, precision)
-    for strategy in strategies:
-        result = results[strategy]
-        result["predictions"], scores = score(data.eval_frame, result["probs"])
-        metrics = cell_metrics(params, strategy, result, scores, num_layers, precision)
-        write_cell(dirs, Cell(group, strategy), result, metrics, num_layers)
-        split = params.finetune.eval_splits[0]
-        logger.info(
-            "%s/%s: %s accuracy %.4f, %d trainable parameters, %.0f s",
-            group.name,
-            strategy,
-            split,
-            scores[f"{split}_accuracy"],
-            metrics["trainable_parameters"],
-            result["seconds"],
-        )
+    write_results(
+        params, group, {s: results[s] for s in strategies}, data, precision, config["num_hidden_layers"], dirs
+    )
     wall, tokens = time.perf_counter() - t0, sum(r["tokens"] for r in results.values())
     return {
         "target": group.target,
@@ -251,7 +261,7 @@ def run_group(
 
 
 def main() -> None:
-    """Parse the group and paths dvc.yaml gives, validate params and inputs, run every cell of the group, write atomically."""
+    """Parse the group and paths dvc.yaml gives, validate params and inputs, run every cell, write atomically."""
     args = stage_args(
         __doc__,
         {

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from inflection_layers.artifacts import read_json, read_parquet, stage_args, write_csv, write_json
+from inflection_layers.cells import Group
 from inflection_layers.config import Params, load_params
 from inflection_layers.diagnostics import measure, per_layer_means
 from inflection_layers.errors import run_main
@@ -72,6 +74,16 @@ def intervene(params: Params, model: torch.nn.Module, batches: list[dict], selec
     return rows
 
 
+def load_inputs(params: Params, model_dir: Path, data_dir: Path, group: Group) -> tuple[torch.nn.Module, list[dict]]:
+    """The source model (eval mode) and the diagnostic batches of the group's target train split, on the device."""
+    device = pick_device()
+    train = read_parquet(data_dir / f"{group.target}_train.parquet", ["text", "label"])
+    model = load_model(str(model_dir)).to(device).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    batches = measurement_batches(tokenizer, train, params.model.max_length, params.diagnose, group.seed)
+    return model, [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+
 def main() -> None:
     """Parse the group and paths dvc.yaml gives, measure every placement and tau, write the table."""
     args = stage_args(
@@ -87,16 +99,9 @@ def main() -> None:
     )
     params, group = load_params(), args.group
     selection = read_json(args.selection)
-    train = read_parquet(args.data / f"{group.target}_train.parquet", ["text", "label"])
-    t0, device = time.perf_counter(), pick_device()
+    t0 = time.perf_counter()
     seed_everything(group.seed)
-    model = load_model(str(args.model)).to(device).eval()
-    batches = [
-        {k: v.to(device) for k, v in b.items()}
-        for b in measurement_batches(
-            load_tokenizer(str(args.model)), train, params.model.max_length, params.diagnose, group.seed
-        )
-    ]
+    model, batches = load_inputs(params, args.model, args.data, group)
     stage = f"intervene@{group.name}"
     estimated = stage_estimate(
         params, model.config.to_dict(), batch_tokens(batches, stage), stage, decided_precision(params)

@@ -86,7 +86,7 @@ def repeat_rows(output: Any, times: int) -> Any:
 
 @contextlib.contextmanager
 def stubbed(model: nn.Module, trunk: Sequence[Any], first: int) -> Iterator[None]:
-    """Within the block, `model` starts at encoder layer `first`: its embeddings and layers below return trunk[0 .. first]."""
+    """Within the block `model` starts at layer `first`: its embeddings and lower layers return trunk[0 .. first]."""
     if first > len(trunk) - 1:
         raise ValueError(f"the trunk holds {len(trunk) - 1} layers; a cell starting at layer {first} needs more")
     base = transformer(model)
@@ -104,7 +104,10 @@ def stubbed(model: nn.Module, trunk: Sequence[Any], first: int) -> Iterator[None
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoraLayer]:
-    """A peft LoRA model's adapted modules by their name in the unwrapped model ('bert.encoder.layer.3.attention.self.query')."""
+    """A peft LoRA model's adapted modules, by name in the unwrapped model.
+
+    Names look like 'bert.encoder.layer.3.attention.self.query'.
+    """
     prefix = "base_model.model."
     return {n.removeprefix(prefix): m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 

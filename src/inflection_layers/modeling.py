@@ -80,12 +80,14 @@ def check_safetensors(path: Path) -> None:
             )
         if len(head) < 8:
             raise ModelError(
-                f"{path}: truncated safetensors file ({size} bytes, shorter than its 8-byte header length); {_rebuild(path)}"
+                f"{path}: truncated safetensors file ({size} bytes, shorter than its 8-byte header length); "
+                f"{_rebuild(path)}"
             )
         n = int.from_bytes(head[:8], "little")
         if n > size - 8:
             raise ModelError(
-                f"{path}: truncated safetensors file (a header of {n:,} bytes announced, {size - 8:,} follow); {_rebuild(path)}"
+                f"{path}: truncated safetensors file (a header of {n:,} bytes announced, {size - 8:,} follow); "
+                f"{_rebuild(path)}"
             )
         f.seek(8)
         try:
@@ -95,7 +97,8 @@ def check_safetensors(path: Path) -> None:
             raise ModelError(f"{path}: corrupt safetensors header ({type(e).__name__}: {e}); {_rebuild(path)}") from e
     if 8 + n + end != size:
         raise ModelError(
-            f"{path}: truncated safetensors file (expected {8 + n + end:,} bytes from its header, found {size:,}); {_rebuild(path)}"
+            f"{path}: truncated safetensors file (expected {8 + n + end:,} bytes from its header, found {size:,}); "
+            f"{_rebuild(path)}"
         )
 
 

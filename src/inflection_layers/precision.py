@@ -1,7 +1,8 @@
 """`model.precision`: fp32 or bf16 autocast, and how `auto` decides by capability and measurement.
 
 CPUs differ: without bf16 instructions, bf16 autocast runs many times slower than fp32; with
-``avx512_bf16`` or ``amx_bf16`` it can run faster (docs/speed.md has the measurements). So ``auto`` picks bf16 only where the
+``avx512_bf16`` or ``amx_bf16`` it can run faster (docs/speed.md has the measurements). So ``auto`` picks bf16 only
+where the
 hardware reports bf16 support (a CUDA device that supports it; on a CPU the ``avx512_bf16`` or
 ``amx_bf16`` flag) **and**, on a CPU, a short probe on the study's own model confirms that it is
 faster. The decision is kept per machine (CPU model, flags, torch version) in a small cache file,

@@ -10,6 +10,7 @@ each cell gets its own permutations (`probe.controls` of them), from a fixed see
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -40,6 +41,58 @@ def _uniform(shape: tuple[int, ...], fan_in: int, g: torch.Generator) -> torch.n
     return torch.nn.Parameter((torch.rand(shape, generator=g) * 2 - 1) * bound)
 
 
+def _check(Xtr: torch.Tensor, ytr: torch.Tensor, Xev: torch.Tensor, yev: torch.Tensor, kind: str) -> None:
+    """Refuse shapes other than X_train (P, N, D), y_train (P, N), X_eval (P, M, D), y_eval (M,) and unknown kinds."""
+    if (
+        Xtr.ndim != 3
+        or Xev.ndim != 3
+        or Xtr.shape[::2] != Xev.shape[::2]
+        or ytr.shape != Xtr.shape[:2]
+        or yev.shape != Xev.shape[1:2]
+    ):
+        raise ValueError(
+            "expected X_train (P, N, D), y_train (P, N), X_eval (P, M, D), y_eval (M,); got "
+            f"{tuple(Xtr.shape)}, {tuple(ytr.shape)}, {tuple(Xev.shape)}, {tuple(yev.shape)}"
+        )
+    if kind not in KINDS:
+        raise ValueError(f"unknown probe kind {kind!r}; expected one of {KINDS}")
+
+
+def standardise(Xtr: torch.Tensor, Xev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-score (P, N, D) and (P, M, D) with each probe's train statistics; constant features are only centred."""
+    mean, std = Xtr.mean(1, keepdim=True), Xtr.std(1, unbiased=False, keepdim=True)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return (Xtr - mean) / std, (Xev - mean) / std
+
+
+def _forward(
+    weights: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, dropout: float, train: bool
+) -> torch.Tensor:
+    """P stacked probes: x (P, B, D) -> logits (P, B, C)."""
+    for i, (w, b) in enumerate(weights):
+        x = torch.baddbmm(b, x, w)
+        if i < len(weights) - 1:
+            x = F.dropout(F.relu(x), dropout, training=train)
+    return x
+
+
+def _fit(weights: list, Xtr: torch.Tensor, ytr: torch.Tensor, C: int, p: Probe, seed: int, g: torch.Generator) -> None:
+    """AdamW on each probe's own mean cross-entropy, `probe.epochs` shuffled passes of `probe.batch_size`."""
+    P, N, _ = Xtr.shape
+    opt = torch.optim.AdamW([t for pair in weights for t in pair], lr=p.lr, weight_decay=p.weight_decay)
+    with torch.random.fork_rng(devices=[]):  # dropout seeded without touching the global RNG state
+        torch.manual_seed(seed)
+        for _ in range(p.epochs):
+            perm = torch.randperm(N, generator=g)
+            for i in range(0, N, p.batch_size):
+                idx = perm[i : i + p.batch_size]
+                logits = _forward(weights, Xtr[:, idx], p.dropout, True)
+                loss = F.cross_entropy(logits.reshape(-1, C), ytr[:, idx].reshape(-1)) * P  # each probe's own mean
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+
 def train_probes(
     X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray, kind: str, p: Probe, seed: int
 ) -> dict[str, np.ndarray]:
@@ -49,48 +102,16 @@ def train_probes(
     """
     Xtr, Xev = torch.as_tensor(X_train, dtype=torch.float32), torch.as_tensor(X_eval, dtype=torch.float32)
     ytr, yev = torch.as_tensor(y_train, dtype=torch.long), torch.as_tensor(y_eval, dtype=torch.long)
-    if (
-        Xtr.ndim != 3
-        or Xev.ndim != 3
-        or Xtr.shape[::2] != Xev.shape[::2]
-        or ytr.shape != Xtr.shape[:2]
-        or yev.shape != Xev.shape[1:2]
-    ):
-        raise ValueError(
-            f"expected X_train (P, N, D), y_train (P, N), X_eval (P, M, D), y_eval (M,); got {tuple(Xtr.shape)}, {tuple(ytr.shape)}, {tuple(Xev.shape)}, {tuple(yev.shape)}"
-        )
-    if kind not in KINDS:
-        raise ValueError(f"unknown probe kind {kind!r}; expected one of {KINDS}")
-    mean, std = Xtr.mean(1, keepdim=True), Xtr.std(1, unbiased=False, keepdim=True)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features: centre only
-    Xtr, Xev = (Xtr - mean) / std, (Xev - mean) / std
-    P, N, D = Xtr.shape
+    _check(Xtr, ytr, Xev, yev, kind)
+    Xtr, Xev = standardise(Xtr, Xev)
+    P, _, D = Xtr.shape
     C = int(max(ytr.max(), yev.max())) + 1
     g = torch.Generator().manual_seed(seed)
     dims = [D, C] if kind == "linear" else [D, p.hidden, C]
-    weights = [(_uniform((P, a, b), a, g), _uniform((P, 1, b), a, g)) for a, b in zip(dims[:-1], dims[1:])]
-    opt = torch.optim.AdamW([t for pair in weights for t in pair], lr=p.lr, weight_decay=p.weight_decay)
-
-    def forward(x: torch.Tensor, train: bool) -> torch.Tensor:  # (P, B, D) -> (P, B, C)
-        for i, (w, b) in enumerate(weights):
-            x = torch.baddbmm(b, x, w)
-            if i < len(weights) - 1:
-                x = F.dropout(F.relu(x), p.dropout, training=train)
-        return x
-
-    with torch.random.fork_rng(devices=[]):  # dropout seeded without touching the global RNG state
-        torch.manual_seed(seed)
-        for _ in range(p.epochs):
-            perm = torch.randperm(N, generator=g)
-            for i in range(0, N, p.batch_size):
-                idx = perm[i : i + p.batch_size]
-                logits = forward(Xtr[:, idx], True)
-                loss = F.cross_entropy(logits.reshape(-1, C), ytr[:, idx].reshape(-1)) * P  # each probe's own mean loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+    weights = [(_uniform((P, a, b), a, g), _uniform((P, 1, b), a, g)) for a, b in itertools.pairwise(dims)]
+    _fit(weights, Xtr, ytr, C, p, seed, g)
     with torch.no_grad():
-        ev, tr = forward(Xev, False), forward(Xtr, False)
+        ev, tr = _forward(weights, Xev, p.dropout, False), _forward(weights, Xtr, p.dropout, False)
         return {
             "accuracy": (ev.argmax(-1) == yev).float().mean(1).numpy(),
             "train_accuracy": (tr.argmax(-1) == ytr).float().mean(1).numpy(),
@@ -117,6 +138,29 @@ def cell_seed(cell: Cell, seed: int) -> int:
     return (zlib.crc32(cell.name.encode()) + seed) % 2**31
 
 
+def _kind_rows(kind: str, layers: list[int], true: dict, ctrl: list[dict]) -> list[dict]:
+    """Rows of one probe kind: its accuracy on the true labels and the mean of its shuffled-label controls."""
+    rows = []
+    for j, i in enumerate(layers):
+        rows.append(
+            {
+                "layer": layer_of(i),
+                "metric": kind,
+                "value": float(true["accuracy"][j]),
+                "train_accuracy": float(true["train_accuracy"][j]),
+            }
+        )
+        rows.append(
+            {
+                "layer": layer_of(i),
+                "metric": f"{kind}_shuffled",
+                "value": float(np.mean([c["accuracy"][j] for c in ctrl])),
+                "train_accuracy": float(np.mean([c["train_accuracy"][j] for c in ctrl])),
+            }
+        )
+    return rows
+
+
 def probe_cell(
     reps: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, eval_idx: np.ndarray, p: Probe, shuffle_seed: int
 ) -> list[dict]:
@@ -129,40 +173,15 @@ def probe_cell(
     if not layers:
         return []
     X = np.asarray(reps[layers], dtype=np.float32)  # (P, N, D)
+    Xtr, Xev = X[:, train_idx], X[:, eval_idx]
     y_tr, y_ev = labels[train_idx], labels[eval_idx]
     rng = np.random.default_rng(shuffle_seed)
     rows: list[dict] = []
     for kind in KINDS:
-        true = train_probes(X[:, train_idx], np.tile(y_tr, (len(layers), 1)), X[:, eval_idx], y_ev, kind, p, p.seed)
-        ctrl = [
-            train_probes(
-                X[:, train_idx],
-                np.stack([rng.permutation(y_tr) for _ in layers]),
-                X[:, eval_idx],
-                y_ev,
-                kind,
-                p,
-                p.seed,
-            )
-            for _ in range(p.controls)
-        ]
-        for j, i in enumerate(layers):
-            rows.append(
-                {
-                    "layer": layer_of(i),
-                    "metric": kind,
-                    "value": float(true["accuracy"][j]),
-                    "train_accuracy": float(true["train_accuracy"][j]),
-                }
-            )
-            rows.append(
-                {
-                    "layer": layer_of(i),
-                    "metric": f"{kind}_shuffled",
-                    "value": float(np.mean([c["accuracy"][j] for c in ctrl])),
-                    "train_accuracy": float(np.mean([c["train_accuracy"][j] for c in ctrl])),
-                }
-            )
+        true = train_probes(Xtr, np.tile(y_tr, (len(layers), 1)), Xev, y_ev, kind, p, p.seed)
+        shuffled = (np.stack([rng.permutation(y_tr) for _ in layers]) for _ in range(p.controls))
+        ctrl = [train_probes(Xtr, y, Xev, y_ev, kind, p, p.seed) for y in shuffled]
+        rows += _kind_rows(kind, layers, true, ctrl)
     majority = majority_baseline(y_tr, y_ev)
     rows += [
         {"layer": layer_of(i), "metric": "majority", "value": majority, "train_accuracy": majority_baseline(y_tr, y_tr)}

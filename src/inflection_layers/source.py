@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from inflection_layers.config import Params, as_dict, load_params
 from inflection_layers.errors import run_main
 from inflection_layers.estimate import Tokens, stage_estimate
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, save_checkpoint, seed_everything
-from inflection_layers.precision import resolve
+from inflection_layers.precision import Precision, resolve
 from inflection_layers.training import (
     accuracy_and_loss,
     bucketed_batches,
@@ -40,98 +42,111 @@ from inflection_layers.training import (
 logger = logging.getLogger(__name__)
 
 
-def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tuple[torch.nn.Module, object, dict]:
-    """Train one source model; returns (model, tokenizer, metrics)."""
-    p, device = params.source, pick_device()
-    train = read_parquet(data_dir / "sst2_source.parquet", ["text", "label"])
-    dev = read_parquet(data_dir / "sst2_dev.parquet", ["text", "label"])
+@dataclass
+class SourceRun:
+    """What one source model's training loop needs: the model, its optimiser and the tokenised SST-2."""
 
-    seed_everything(seed)
-    tokenizer = load_tokenizer(params.model.name)
-    model = load_model(params.model.name).to(device)
-    pad = tokenizer.pad_token_id
-    ids = tokenize(tokenizer, train["text"], params.model.max_length)
-    dev_ids = tokenize(tokenizer, dev["text"], params.model.max_length)
-    labels = train["label"].tolist()
-    precision = resolve(
-        params.model.precision, device, params.model.name, probe_step(model, ids, labels, pad, p.batch_size, device)
-    )
-    seed_everything(seed)  # the probe (if any) must not change what follows
-    tok = Tokens.of_ids({"sst2_source": ids, "sst2_dev": dev_ids})
-    estimated = stage_estimate(params, model.config.to_dict(), tok, f"source@{regime}-{seed}", precision.name)
-    epochs = p.epochs(regime)
-    steps_per_epoch = -(-len(ids) // p.batch_size)
-    optimizer = make_optimizer(model, p.lr, p.weight_decay)
-    scheduler = make_scheduler(optimizer, p.schedule, epochs * steps_per_epoch, p.warmup_ratio)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: Precision
+    ids: list[list[int]]
+    labels: list[int]
+    pad: int
+    device: torch.device
+    step: int = 0
+    tokens: int = 0
+
+
+def train_epoch(run: SourceRun, p: Any, seed: int, epoch: int, desc: str) -> dict[str, float]:
+    """One epoch over bucketed batches -> mean training loss and mean max-softmax confidence."""
     state: dict[str, torch.Tensor] = {}
 
     def compute_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = model(**batch)
+        out = run.model(**batch)
         state["confidence"] = torch.softmax(out.logits.detach().float(), -1).amax(-1).mean()
         return out.loss
 
-    curve, tokens, step, t0 = [], 0, 0, time.perf_counter()
-    model.train()
+    losses, confidences = [], []
+    for idx in iterate(bucketed_batches([len(x) for x in run.ids], p.batch_size, seed, epoch), desc):
+        batch = to_device(collate(run.ids, idx, run.pad, run.labels), run.device)
+        step_args = {"precision": run.precision, "max_grad_norm": p.max_grad_norm, "step": run.step}
+        losses.append(train_step(compute_loss, batch, run.optimizer, run.scheduler, **step_args))
+        confidences.append(float(state["confidence"]))
+        run.tokens += int(batch["attention_mask"].sum())
+        run.step += 1
+    return {"train_loss": float(np.mean(losses)), "train_confidence": float(np.mean(confidences))}
+
+
+def dev_point(run: SourceRun, dev_ids: list[list[int]], dev_labels: list[int], batch_size: int) -> dict[str, float]:
+    """SST-2 dev accuracy, loss and mean max-softmax confidence of the model as it is now."""
+    probs = predict(run.model, dev_ids, batch_size, run.pad, run.device, run.precision)["probs"]
+    acc, loss = accuracy_and_loss(probs, dev_labels)
+    return {"dev_accuracy": acc, "dev_loss": loss, "dev_confidence": float(probs.max(1).mean())}
+
+
+def start_run(params: Params, seed: int, ids: list[list[int]], labels: list[int], pad: int) -> SourceRun:
+    """Load the pre-trained model, pick the precision (measured where `auto`) and build the optimiser."""
+    p, device = params.source, pick_device()
+    seed_everything(seed)
+    model = load_model(params.model.name).to(device)
+    probe = probe_step(model, ids, labels, pad, p.batch_size, device)
+    precision = resolve(params.model.precision, device, params.model.name, probe)
+    seed_everything(seed)  # the probe (if any) must not change what follows
+    optimizer = make_optimizer(model, p.lr, p.weight_decay)
+    return SourceRun(model, optimizer, None, precision, ids, labels, pad, device)
+
+
+def train_source(params: Params, regime: str, seed: int, data_dir: Path) -> tuple[torch.nn.Module, object, dict]:
+    """Train one source model; returns (model, tokenizer, metrics)."""
+    p = params.source
+    train = read_parquet(data_dir / "sst2_source.parquet", ["text", "label"])
+    dev = read_parquet(data_dir / "sst2_dev.parquet", ["text", "label"])
+    tokenizer = load_tokenizer(params.model.name)
+    ids, dev_ids = (tokenize(tokenizer, f["text"], params.model.max_length) for f in (train, dev))
+    run = start_run(params, seed, ids, train["label"].tolist(), tokenizer.pad_token_id)
+    tok = Tokens.of_ids({"sst2_source": ids, "sst2_dev": dev_ids})
+    estimated = stage_estimate(params, run.model.config.to_dict(), tok, f"source@{regime}-{seed}", run.precision.name)
+    epochs = p.epochs(regime)
+    run.scheduler = make_scheduler(run.optimizer, p.schedule, epochs * -(-len(ids) // p.batch_size), p.warmup_ratio)
+
+    curve, t0 = [], time.perf_counter()
+    run.model.train()
     for epoch in range(epochs):
-        losses, confidences = [], []
-        for idx in iterate(
-            bucketed_batches([len(x) for x in ids], p.batch_size, seed, epoch),
-            f"{regime}-{seed} epoch {epoch + 1}/{epochs}",
-        ):
-            batch = to_device(collate(ids, idx, pad, labels), device)
-            losses.append(
-                train_step(
-                    compute_loss,
-                    batch,
-                    optimizer,
-                    scheduler,
-                    precision=precision,
-                    max_grad_norm=p.max_grad_norm,
-                    step=step,
-                )
-            )
-            confidences.append(float(state["confidence"]))
-            tokens += int(batch["attention_mask"].sum())
-            step += 1
+        point = train_epoch(run, p, seed, epoch, f"{regime}-{seed} epoch {epoch + 1}/{epochs}")
         if (epoch + 1) % p.dev_every and epoch + 1 != epochs:
             continue
-        probs = predict(model, dev_ids, p.eval_batch_size, pad, device, precision)["probs"]
-        acc, loss = accuracy_and_loss(probs, dev["label"].tolist())
-        curve.append(
-            {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": float(np.mean(losses)),
-                "train_confidence": float(np.mean(confidences)),
-                "dev_accuracy": acc,
-                "dev_loss": loss,
-                "dev_confidence": float(probs.max(1).mean()),
-            }
-        )
+        point = {
+            "epoch": epoch + 1,
+            "step": run.step,
+            **point,
+            **dev_point(run, dev_ids, dev["label"].tolist(), p.eval_batch_size),
+        }
+        curve.append(point)
         logger.info(
-            "%s-%d epoch %d: train loss %.4f, SST-2 dev accuracy %.4f", regime, seed, epoch + 1, np.mean(losses), acc
+            "%s-%d epoch %d: train loss %.4f, SST-2 dev accuracy %.4f",
+            regime,
+            seed,
+            epoch + 1,
+            point["train_loss"],
+            point["dev_accuracy"],
         )
     wall = time.perf_counter() - t0
-    last = curve[-1]
     metrics = {
         "regime": regime,
         "seed": seed,
         "epochs": epochs,
-        "steps": step,
+        "steps": run.step,
         "train_examples": len(ids),
-        "dev_accuracy": last["dev_accuracy"],
-        "dev_loss": last["dev_loss"],
-        "dev_confidence": last["dev_confidence"],
-        "train_loss": last["train_loss"],
-        "train_confidence": last["train_confidence"],
+        **{k: curve[-1][k] for k in ("dev_accuracy", "dev_loss", "dev_confidence", "train_loss", "train_confidence")},
         "wall_seconds": round(wall, 2),
         "estimated_seconds": estimated,
-        "tokens_per_second": round(tokens / wall, 1),
-        "device": device.type,
-        **precision.record(),
+        "tokens_per_second": round(run.tokens / wall, 1),
+        "device": run.device.type,
+        **run.precision.record(),
         "curve": curve,
     }
-    return model, tokenizer, metrics
+    return run.model, tokenizer, metrics
 
 
 def main() -> None:

@@ -159,6 +159,7 @@ def targeted_modules(model: nn.Module) -> list[str]:
     if model.peft_config[model.active_adapter].is_prompt_learning:
         config = model.peft_config[model.active_adapter]
         return [
-            f"prefix: {config.num_virtual_tokens} virtual tokens prepended to the keys and values of layers 0-{config.num_layers - 1}"
+            f"prefix: {config.num_virtual_tokens} virtual tokens prepended to the keys and values of layers "
+            f"0-{config.num_layers - 1}"
         ]
     return sorted(model.targeted_module_names)

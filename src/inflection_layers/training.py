@@ -52,7 +52,7 @@ def bucketed_batches(
 
 
 def batch_stream(lengths: Sequence[int], batch_size: int, seed: int, steps: int) -> list[np.ndarray]:
-    """The first `steps` batches of `bucketed_batches`, epoch after epoch: a step-based loop's batches, identical for one seed."""
+    """The first `steps` batches of `bucketed_batches`, epoch after epoch: a step-based loop's batches for one seed."""
     out: list[np.ndarray] = []
     epoch = 0
     while len(out) < steps:
@@ -114,7 +114,7 @@ def make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' linear-decay or constant schedule after `warmup_ratio * total_steps` warm-up steps."""
-    warmup = int(round(warmup_ratio * total_steps))
+    warmup = round(warmup_ratio * total_steps)
     if schedule == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     if schedule == "constant":
@@ -155,7 +155,7 @@ def train_step(
 def update(
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, max_grad_norm: float | None
 ) -> None:
-    """After a backward: clip the optimizer's parameters' gradient norm, step the optimizer and the scheduler, zero the grads."""
+    """After a backward: clip the optimizer's parameters' gradient norm, step optimizer and scheduler, zero grads."""
     if max_grad_norm is not None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -231,7 +231,7 @@ def probe_step(
     batch_size: int,
     device: torch.device,
 ) -> Callable[[str], None]:
-    """A representative forward + backward of `model` at `batch_size`, under a named precision, for :func:`precision.resolve`'s probe."""
+    """A representative forward + backward of `model` at `batch_size` under a named precision (the precision probe)."""
     idx = np.argsort([len(x) for x in ids])[len(ids) // 2 :][:batch_size]
     batch = to_device(collate(ids, idx, pad_id, labels), device)
 

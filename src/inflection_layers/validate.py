@@ -65,7 +65,8 @@ def check_model(params: Params, model_type: str, num_layers: int) -> None:
             ARCHS[model_type].prefix,
             "study.peft_strategies",
             "prefix",
-            f"no prefix with {model_type}: its forward takes no past_key_values, which prefix tuning needs (drop 'prefix' from the list)",
+            f"no prefix with {model_type}: its forward takes no past_key_values, which prefix tuning needs "
+            "(drop 'prefix' from the list)",
         )
 
 
@@ -78,7 +79,8 @@ def check_strategies(params: Params) -> None:
         "prefix" not in params.analysis.strategies,
         "analysis.strategies",
         "prefix",
-        "strategies whose attention is square: prefix tuning adds virtual keys, so its entropy and rank are not comparable",
+        "strategies whose attention is square: prefix tuning adds virtual keys, "
+        "so its entropy and rank are not comparable",
     )
     need(
         not ("lora_random" in params.analysis.strategies and params.ski.random_draws == "all"),
@@ -103,7 +105,8 @@ def check_sizes(params: Params) -> None:
             d.batches * d.batch_size <= sizes["train"],
             "diagnose.batches",
             d.batches,
-            f"at most {sizes['train'] // d.batch_size} batches of {d.batch_size} ({target} train has {sizes['train']:,} examples)",
+            f"at most {sizes['train'] // d.batch_size} batches of {d.batch_size} "
+            f"({target} train has {sizes['train']:,} examples)",
         )
         for split in params.finetune.eval_splits:
             need(
@@ -140,7 +143,8 @@ def check_data_source(params: Params) -> None:
         )
     if why := hub_unreachable():
         raise DataError(
-            f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing and the Hugging Face hub is unreachable "
+            f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing "
+            "and the Hugging Face hub is unreachable "
             f"({why}); point data.dir at the offline copies or go online"
         )
 

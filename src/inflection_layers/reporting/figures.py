@@ -7,8 +7,8 @@ are stable. One colour per series, the same in every panel; log scales for param
 from __future__ import annotations
 
 import math
-import types
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
+
+from inflection_layers.reporting import figure_data as D
 
 DPI = 120
 # stem -> (x column, caption, y label, log y)
@@ -71,10 +73,39 @@ FIGURES = {
         "validation accuracy (%)",
         False,
     ),
+    "intervene_gradient": (
+        "layer",
+        "Gradient norm per layer with attention temperature tau at the SKI band or at control bands (no training)",
+        "activation-gradient norm (log)",
+        True,
+    ),
+    "intervene_entropy": (
+        "tau",
+        "Manipulation check: entropy of the intervened layers against tau",
+        "mean attention entropy (nats)",
+        False,
+    ),
+    "anneal_gradient": (
+        "step",
+        "The lower layers' gradient while adapting: annealed temperature at the band vs selective LoRA",
+        "gradient norm below the band (log)",
+        True,
+    ),
+    "lazy_layers": (
+        "layer",
+        "Attention rank collapse beside entropy: rank / length and the heaviest column's mass per layer",
+        "value (entropy in nats; rank and mass as shares)",
+        False,
+    ),
+    "features": (
+        "layer",
+        "Sparse-autoencoder lens: before/after token cosine and excess FVU per unit of shift",
+        "value (cosine; FVU per unit of shift)",
+        False,
+    ),
 }
 FLOOR = 1e-6
 MARKERS = {"SKI band": "*", "complement": "s", "rgn": "^", "cka": "D", "random band": "o"}
-PAPER_PANELS = ("shallow", "full", "lora_selective", "lora_all")
 
 
 def colours(series: list[str]) -> dict[str, tuple]:
@@ -106,7 +137,7 @@ def _finish(fig, axes, stem: str, path: Path, xlabel: str | None = None) -> None
     seen: dict = {}
     for ax in axes.flat:
         h, lab = ax.get_legend_handles_labels()
-        seen |= {k: v for k, v in zip(lab, h) if k not in seen}
+        seen |= {k: v for k, v in zip(lab, h, strict=False) if k not in seen}
     width = fig.get_figwidth()
     right = 1 - (0.065 * max((len(k) for k in seen), default=0) + 0.5) / width  # room for the legend, in inches
     fig.legend(
@@ -118,6 +149,8 @@ def _finish(fig, axes, stem: str, path: Path, xlabel: str | None = None) -> None
             "layer": "encoder layer (0 = first; -1 = embeddings)",
             "epoch": "SST-2 epoch",
             "trainable_parameters": "trainable parameters (count, log scale)",
+            "tau": "attention temperature tau",
+            "step": "training step",
         }[x],
         fontsize=9,
         x=(1.2 / width + right) / 2,
@@ -138,7 +171,7 @@ def plot_lines(tidy: pd.DataFrame, stem: str, path: Path, marker_col: str | None
     panels = list(dict.fromkeys(tidy["panel"])) or ["(no data)"]
     col = colours(list(dict.fromkeys(tidy["series"])))
     fig, axes = _grid(len(panels), ncols)
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):
         d = tidy[tidy["panel"] == panel]
         for s, g in d.groupby("series", sort=False):
             g = g.sort_values(x)
@@ -174,13 +207,12 @@ def plot_params(tidy: pd.DataFrame, stem: str, path: Path, baseline: pd.DataFram
     panels = list(dict.fromkeys(tidy["panel"])) or ["(no data)"]
     col = colours(list(dict.fromkeys(tidy["series"])))
     fig, axes = _grid(len(panels), 2, w=4.6, h=3.4)
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):
         d = tidy[tidy["panel"] == panel]
         crowd = d.groupby(
             np.round(np.log10(d["trainable_parameters"].clip(lower=1)), 1)
         ).cumcount()  # spread equal counts apart
-        for (_, r), j in zip(d.iterrows(), crowd):
-            r = types.SimpleNamespace(**r)
+        for r, j in zip(d.itertuples(index=False), crowd, strict=True):
             ax.errorbar(
                 r.trainable_parameters * 1.12**j,
                 r.value,
@@ -212,7 +244,7 @@ def plot_selectors(tidy: pd.DataFrame, stem: str, path: Path) -> None:
         squeeze=False,
         sharey=True,
     )
-    for ax, s in zip(axes.flat, sels):
+    for ax, s in zip(axes.flat, sels, strict=False):
         m = (
             tidy[tidy["series"] == s]
             .pivot_table(index="panel", columns="layer", values="value")
@@ -235,7 +267,7 @@ def plot_bands(tidy: pd.DataFrame, stem: str, path: Path) -> None:
     panels = list(dict.fromkeys(tidy["panel"])) or ["(no data)"]
     col = colours(list(dict.fromkeys(tidy["series"])))
     fig, axes = _grid(len(panels), 4, w=3.2, h=2.7)
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):
         for s, g in tidy[tidy["panel"] == panel].groupby("series", sort=False):
             ax.scatter(
                 g["layer"],
@@ -252,194 +284,31 @@ def plot_bands(tidy: pd.DataFrame, stem: str, path: Path) -> None:
     _finish(fig, axes, stem, path, xlabel="mean layer of the band (encoder layer)")
 
 
-# --- tidy data ---
-
-
-def layer_mean(tidy: pd.DataFrame, metric: str, keys: list[str]) -> pd.DataFrame:
-    d = (
-        tidy[tidy["metric"] == metric].dropna(subset=["value"])
-        if len(tidy)
-        else pd.DataFrame(columns=["layer", "value", *keys])
-    )
-    return d.groupby(keys + ["layer"], as_index=False, sort=False)["value"].agg(value="mean", std="std")
-
-
-def per_layer(diagnose: pd.DataFrame, layers: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Figures 2-4: panel '<target> / source' and '<target> / <strategy>' (the paper's four), series = regime."""
-    src = layer_mean(diagnose, metric, ["target", "regime"]).assign(where="source")
-    ad = layers[layers["strategy"].isin(PAPER_PANELS)] if len(layers) else layers
-    ad = layer_mean(ad, metric, ["target", "regime", "strategy"]).rename(columns={"strategy": "where"})
-    d = pd.concat([src, ad], ignore_index=True)
-    if d.empty:
-        return pd.DataFrame(columns=["layer", "value", "std", "series", "panel"])
-    order = {w: i for i, w in enumerate(("source",) + PAPER_PANELS)} | {
-        t: i for i, t in enumerate(dict.fromkeys(d["target"]))
-    }
-    d = d.sort_values(["target", "where"], key=lambda c: c.map(order), kind="stable")
-    return pd.DataFrame(
-        {
-            "layer": d["layer"],
-            "value": d["value"],
-            "std": d["std"],
-            "series": d["regime"],
-            "panel": d["target"] + " / " + d["where"],
-        }
-    )
-
-
-def accuracy_vs_params(acc: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Figure 1 data (validation, all sentences; one point per strategy family) and the `none` baselines."""
-    a = acc[(acc["strategy"] == acc["family"]) & (acc["subset"] == "all") & (acc["split"] == "validation")]
-    m = a.groupby(["target", "regime", "strategy"], as_index=False, sort=False)["accuracy"].agg(value="mean", std="std")
-    p = (
-        cells.groupby(["target", "regime", "family"], as_index=False)["trainable_parameters"]
-        .mean()
-        .rename(columns={"family": "strategy"})
-    )
-    m = m.merge(p, on=["target", "regime", "strategy"], how="left")
-    m["panel"] = m["target"] + " / " + m["regime"]
-    out = pd.DataFrame(
-        {
-            "trainable_parameters": m["trainable_parameters"],
-            "value": 100 * m["value"],
-            "std": 100 * m["std"],
-            "series": m["strategy"],
-            "panel": m["panel"],
-        }
-    )
-    keep = out["trainable_parameters"] > 0
-    return out[keep].reset_index(drop=True), out[~keep].reset_index(drop=True)
-
-
-def cka_data(cka: pd.DataFrame) -> pd.DataFrame:
-    d = cka[(cka["metric"] == "delta_cka") & (cka["layer"] >= 0)] if len(cka) else cka
-    m = (
-        layer_mean(d, "delta_cka", ["target", "regime", "strategy"])
-        if len(d)
-        else pd.DataFrame(columns=["target", "regime", "strategy", "layer", "value", "std"])
-    )
-    return pd.DataFrame(
-        {
-            "layer": m["layer"],
-            "value": m["value"],
-            "std": m["std"],
-            "series": m["strategy"],
-            "panel": m["target"] + " / " + m["regime"],
-        }
-    )
-
-
-def probe_data(probes: pd.DataFrame) -> pd.DataFrame:
-    """Figure 5: linear and MLP per regime; controls (shuffled labels, majority) averaged over regimes."""
-    if probes.empty:
-        return pd.DataFrame(columns=["layer", "value", "std", "series", "panel"])
-    main = probes[probes["metric"].isin(["linear", "mlp"])].assign(series=lambda d: d["regime"] + " / " + d["metric"])
-    ctrl = probes[~probes["metric"].isin(["linear", "mlp"])].assign(
-        series=lambda d: d["metric"].str.replace("_", " ") + " (control)"
-    )
-    d = (
-        pd.concat([main, ctrl])
-        .groupby(["target", "strategy", "series", "layer"], as_index=False, sort=False)["value"]
-        .agg(value="mean", std="std")
-    )
-    return pd.DataFrame(
-        {
-            "layer": d["layer"],
-            "value": d["value"],
-            "std": d["std"],
-            "series": d["series"],
-            "panel": d["target"] + " / " + d["strategy"],
-        }
-    )
-
-
-def ski_data(selection: pd.DataFrame) -> pd.DataFrame:
-    rows = [
-        {
-            "layer": l,
-            "value": v,
-            "in_band": int(l in r.band),
-            "series": f"seed {r.seed}",
-            "panel": f"{r.target} / {r.regime}",
-        }
-        for r in selection.itertuples()
-        for l, v in enumerate(r.scores)
-    ]
-    return pd.DataFrame(rows, columns=["layer", "value", "in_band", "series", "panel"])
-
-
-def selector_data(bands: pd.DataFrame) -> pd.DataFrame:
-    """layer x group x selector: 1 if chosen; for the random draws, the share of draws choosing the layer."""
-    if bands.empty:
-        return pd.DataFrame(columns=["layer", "value", "series", "panel"])
-    b = bands.assign(sel=bands["selector"].str.replace(r"_\d+$", "", regex=True))
-    L = int(max(max((int(x) for x in s.split()), default=0) for s in b["layers"])) + 1
-    rows = []
-    for (group, sel), g in b.groupby(["group", "sel"], sort=False):
-        for layer in range(L):
-            rows.append(
-                {
-                    "layer": layer,
-                    "value": float(np.mean([str(layer) in s.split() for s in g["layers"]])),
-                    "series": sel,
-                    "panel": group,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def curve_data(source: dict[str, dict]) -> pd.DataFrame:
-    rows = [
-        {"epoch": c["epoch"], "value": c[k], "series": f"{name.split('-')[0]} / seed {name.split('-')[1]}", "panel": k}
-        for name, j in source.items()
-        for c in j.get("curve", [])
-        for k in ("train_loss", "train_confidence", "dev_accuracy", "dev_loss")
-        if c.get(k) is not None
-    ]
-    return pd.DataFrame(rows, columns=["epoch", "value", "series", "panel"])
-
-
-def band_data(acc: pd.DataFrame, bands: pd.DataFrame) -> pd.DataFrame:
-    """Per group: validation accuracy (%) and the band's mean layer of SKI, each random draw and the rivals."""
-    a = acc[(acc["subset"] == "all") & (acc["split"] == "validation")]
-    name = {
-        "ski": ("lora_selective", "SKI band"),
-        "complement": ("lora_complement", "complement"),
-        "rgn": ("lora_rgn", "rgn"),
-        "cka": ("lora_cka", "cka"),
-    }
-    rows = []
-    for r in bands.itertuples():
-        strategy, series = name.get(r.selector, (f"lora_{r.selector}", "random band"))
-        hit = a[
-            (a["target"] == r.target) & (a["regime"] == r.regime) & (a["seed"] == r.seed) & (a["strategy"] == strategy)
-        ]
-        if len(hit) and r.layers:
-            rows.append(
-                {
-                    "layer": float(np.mean([int(x) for x in r.layers.split()])),
-                    "value": 100 * hit["accuracy"].iloc[0],
-                    "series": series,
-                    "panel": r.group,
-                }
-            )
-    return pd.DataFrame(rows, columns=["layer", "value", "series", "panel"])
-
-
-def write_all(out: Path, acc, cells, diagnose, layers, cka, probes, selection, bands, source) -> list[tuple[str, str]]:
-    """Write every figure's CSV and PNG into `out`; returns (stem, caption) in order."""
-    fig1, base = accuracy_vs_params(acc, cells)
+def write_all(out: Path, inputs: Any, acc: pd.DataFrame, bands: pd.DataFrame) -> list[tuple[str, str]]:
+    """Write every figure's CSV and PNG into `out` (fig1's CSV keeps the baselines: the Vega template draws them as a
+    dashed line); returns (stem, caption) in order."""
+    fig1, base = D.accuracy_vs_params(acc, inputs.cells)
     data = {
         "fig1_accuracy_vs_params": fig1,
-        "fig2_entropy": per_layer(diagnose, layers, "entropy"),
-        "fig3_act_grad": per_layer(diagnose, layers, "act_grad"),
-        "fig4_param_grad": per_layer(diagnose, layers, "param_grad"),
-        "fig5_probes": probe_data(probes),
-        "delta_cka": cka_data(cka),
-        "ski": ski_data(selection),
-        "selectors": selector_data(bands),
-        "source_curves": curve_data(source),
-        "random_bands": band_data(acc, bands),
+        "fig2_entropy": D.per_layer(inputs.diagnose, inputs.layers, "entropy"),
+        "fig3_act_grad": D.per_layer(inputs.diagnose, inputs.layers, "act_grad"),
+        "fig4_param_grad": D.per_layer(inputs.diagnose, inputs.layers, "param_grad"),
+        "fig5_probes": D.probe_data(inputs.probes),
+        "delta_cka": D.cka_data(inputs.cka),
+        "ski": D.ski_data(inputs.selection),
+        "selectors": D.selector_data(bands),
+        "source_curves": D.curve_data(inputs.source),
+        "random_bands": D.band_data(acc, bands),
+        "intervene_gradient": D.intervene_gradient(inputs.intervene),
+        "intervene_entropy": D.intervene_entropy(inputs.intervene),
+        "anneal_gradient": D.anneal_gradient(inputs.curves, inputs.selection),
+        "lazy_layers": D.lazy_layers(inputs.diagnose),
+        "features": D.feature_layers(inputs.features),
+    }
+    draw = {
+        "fig1_accuracy_vs_params": lambda d, png: plot_params(d, "fig1_accuracy_vs_params", png, base),
+        "selectors": lambda d, png: plot_selectors(d, "selectors", png),
+        "random_bands": lambda d, png: plot_bands(d, "random_bands", png),
     }
     for stem, d in data.items():
         rows = (
@@ -447,16 +316,10 @@ def write_all(out: Path, acc, cells, diagnose, layers, cka, probes, selection, b
             if stem == "fig1_accuracy_vs_params"
             else d
         )
-        rows.to_csv(
-            out / f"{stem}.csv", index=False
-        )  # fig1's CSV keeps the baselines: the Vega template draws them as a dashed line
+        rows.to_csv(out / f"{stem}.csv", index=False)
         png = out / f"{stem}.png"
-        if stem == "fig1_accuracy_vs_params":
-            plot_params(d, stem, png, base)
-        elif stem == "selectors":
-            plot_selectors(d, stem, png)
-        elif stem == "random_bands":
-            plot_bands(d, stem, png)
+        if stem in draw:
+            draw[stem](d, png)
         else:
             plot_lines(
                 d, stem, png, marker_col="in_band" if stem == "ski" else None, ncols=5 if stem.startswith("fig") else 4

@@ -154,14 +154,15 @@ class Paper:
         return int(m.group(1)) if m else None
 
     def inflection_layers(self) -> list[int] | None:
-        """The paper's inflection layers: the longest contiguous run of its band (ties: the run holding the entropy minimum)."""
+        """The paper's inflection layers: the longest contiguous run of its band (ties: the run holding the entropy
+        minimum)."""
         band = self.band()
         if not band:
             layer = self.entropy_min_layer()
             return None if layer is None else [layer]
         runs, run = [], [band[0]]
         for x in band[1:]:
-            run = run + [x] if x == run[-1] + 1 else (runs.append(run) or [x])
+            run = [*run, x] if x == run[-1] + 1 else (runs.append(run) or [x])
         runs.append(run)
         m = self.entropy_min_layer()
         return max(runs, key=lambda r: (len(r), m in r))
@@ -178,7 +179,8 @@ class Paper:
         return None if r is None or not r["strategy"] else r["strategy"]
 
     def cka_range(self, kind: str, regime: str, strategy: str) -> tuple[float, float] | None:
-        """(low, high) of a Delta-CKA value or range as stated.csv writes it ('a-b' or 'a'); regime 'both' rows match any regime."""
+        """(low, high) of a Delta-CKA value or range as stated.csv writes it ('a-b' or 'a'); regime 'both' rows match
+        any regime."""
         d = self.rows(kind, strategy=strategy)
         d = d[d["regime"].isin([regime, "both"])]
         if d.empty:

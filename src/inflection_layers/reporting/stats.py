@@ -3,9 +3,9 @@
 An *arm* is one regime x strategy; ``a`` and ``b`` are its (S, N) 0/1 "prediction right" arrays over S
 seeds (rows, paired by seed) and N evaluation examples (columns, paired by position). The primary
 quantity is the per-seed paired difference ``acc_a[s] - acc_b[s]`` (S,), analysed with a one-sample
-t-test / t-interval, TOST and a t-test power analysis; a hierarchical bootstrap (seeds, then examples)
-and per-seed exact McNemar tests are secondary. Every difference is a fraction of 1. Pure functions,
-no I/O; the computations themselves are scipy's and statsmodels'.
+t-test / t-interval and TOST, a prospective t-test power analysis, the band tests; a hierarchical bootstrap
+(seeds, then examples) and per-seed exact McNemar tests are secondary. Every difference is a fraction of 1.
+Pure functions, no I/O; the computations themselves are scipy's and statsmodels'.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -125,17 +126,86 @@ def equivalence_test(diffs: np.ndarray, margin: float, alpha: float) -> dict:
     return out | {"p": float(p), "p_lower": float(p_lo), "p_upper": float(p_up), "equivalent": bool(p < alpha)}
 
 
-def detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
-    """Smallest mean paired difference a two-sided one-sample t-test over n seeds detects with `power`, given seed sd.
-
-    statsmodels TTestPower().solve_power (standardised effect) times sd; nan when n < 2 or sd is nan, 0 when sd == 0.
-    """
-    if n < 2 or sd is None or math.isnan(sd):
+def seeds_needed(d: float, sd: float, alpha: float, power: float) -> float:
+    """Prospectively: the seeds a two-sided one-sample t-test over per-seed differences needs to detect a mean of d
+    with `power`, given a seed-level sd (statsmodels TTestPower); nan without an sd, 2 when sd is 0."""
+    if d is None or sd is None or not (math.isfinite(d) and math.isfinite(sd)) or d == 0:
         return math.nan
     if sd == 0:
-        return 0.0
-    es = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
-    return float(np.asarray(es).item()) * float(sd)
+        return 2.0
+    es, solver = abs(d) / sd, TTestPower()
+    if solver.power(effect_size=es, nobs=2, alpha=alpha, alternative="two-sided") >= power:
+        return 2.0
+    n = float(
+        np.asarray(
+            solver.solve_power(effect_size=es, nobs=None, alpha=alpha, power=power, alternative="two-sided")
+        ).item()
+    )
+    return float(max(2, math.ceil(n))) if math.isfinite(n) else math.nan
+
+
+def band_rank_test(bands: pd.DataFrame, seed: int, n_sim: int = 100_000) -> dict:
+    """The SKI band's rank among its group's bands (rows band == 'ski' and the random draws), pooled over groups.
+
+    Per group the statistic is the share of the other bands below SKI (ties count half); under the null that SKI is
+    one more band of its size, its position among the n + 1 is uniform, so the pooled mean share is compared with
+    `n_sim` simulated means (a permutation test, one-sided). Returns mean_share, p and a sentence with each rank.
+    """
+    shares, sizes, ranks = [], [], []
+    for group, g in bands.groupby("group", sort=False):
+        ski, others = g.loc[g["band"] == "ski", "accuracy"], g.loc[g["band"] != "ski", "accuracy"].to_numpy()
+        if len(ski) and len(others):
+            x = float(ski.iloc[0])
+            shares.append(((others < x).sum() + 0.5 * (others == x).sum()) / len(others))
+            sizes.append(len(others))
+            ranks.append(f"{group} {1 + int((others > x).sum())} of {1 + len(others)}")
+    if not shares:
+        return {"mean_share": math.nan, "p": math.nan, "text": "no group has SKI and random bands"}
+    rng = np.random.default_rng(seed)
+    sims = np.mean([rng.integers(0, n + 1, n_sim) / n for n in sizes], axis=0)
+    observed = float(np.mean(shares))
+    return {
+        "mean_share": observed,
+        "p": float((np.sum(sims >= observed - 1e-12) + 1) / (n_sim + 1)),
+        "text": f"mean share of bands below SKI {observed:.2f} ({'; '.join(ranks)})",
+    }
+
+
+def depth_trend(bands: pd.DataFrame) -> dict | None:
+    """Accuracy against a band's mean layer *within* groups (group intercepts; the band's overlap with SKI, and its size
+    where it varies within a group, as covariates), fitted on the other bands; SKI's distance from that trend per group.
+
+    Returns mean, low, high (the t-interval over groups of SKI's residual), slope (accuracy per layer) and a sentence;
+    None with fewer than two groups or too few bands to fit."""
+    import statsmodels.formula.api as smf
+
+    other = bands[bands["band"] != "ski"]
+    ski = bands[bands["band"] == "ski"]
+    varies = (other.groupby("group")["size"].nunique() > 1).any()
+    formula = "accuracy ~ C(group) + mean_layer + overlap" + (" + size" if varies else "")
+    if other["group"].nunique() < 2 or len(other) < other["group"].nunique() + 3 or ski.empty:
+        return None
+    fit = smf.ols(formula, data=other).fit()
+    ski = ski[ski["group"].isin(other["group"])]
+    residual = (ski["accuracy"] - fit.predict(ski)).to_numpy()
+    si = seed_interval(residual, 0.95)
+    slope = float(fit.params.get("mean_layer", math.nan))
+    text = (
+        f"SKI lies {100 * si['mean']:+.2f} points from the within-group trend (95% t-interval over {si['n']} groups "
+        f"[{100 * si['low']:+.2f}, {100 * si['high']:+.2f}]); the trend is {100 * slope:+.2f} points per layer of depth"
+    )
+    return {"mean": si["mean"], "low": si["low"], "high": si["high"], "slope": slope, "text": text}
+
+
+def partial_spearman(x: pd.Series, y: pd.Series, z: pd.Series) -> float:
+    """Spearman's rho of x and y partial on z: the Pearson correlation of the ranks' residuals after a linear fit on
+    z's ranks."""
+    rx, ry, rz = (np.asarray(stats.rankdata(v), dtype=float) for v in (x, y, z))
+    design = np.column_stack([np.ones_like(rz), rz])
+    res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+    if min(np.std(r) for r in res) == 0:
+        return math.nan
+    return float(np.corrcoef(res[0], res[1])[0, 1])
 
 
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
@@ -171,22 +241,19 @@ def points(diffs: np.ndarray) -> str:
     return ";".join(f"{round(100 * float(d), 2) + 0.0:.2f}" for d in np.asarray(diffs).reshape(-1))
 
 
-def compare_arms(
-    a: np.ndarray, b: np.ndarray, *, n_boot: int, confidence: float, alpha: float, power: float, seed: int
-) -> dict:
+def compare_arms(a: np.ndarray, b: np.ndarray, *, n_boot: int, confidence: float, seed: int) -> dict:
     """Every statistic of one comparison of arms a, b (S, N) 0/1 (fractions of 1, A - B).
 
     Keys: n_seeds, n_examples, acc_a, acc_b, diffs (S,) array, diffs_points ('1.23;-0.40;...'),
     diff, sd, ci_low, ci_high, p (seed t-test: :func:`seed_interval`), boot_low, boot_high
     (:func:`hierarchical_bootstrap`, generator seeded with `seed`), n_a_only, n_b_only (discordant pairs
-    summed over seeds), p_mcnemar_seeds (each seed's exact p, ';'-joined; secondary, per example) and
-    detectable_effect (:func:`detectable_effect` at alpha, power).
+    summed over seeds) and p_mcnemar_seeds (each seed's exact p, ';'-joined; secondary, per example).
     """
     a, b = _arms(a, b)
     diffs = a.mean(axis=1) - b.mean(axis=1)  # (S,)
     si = seed_interval(diffs, confidence)
     _, boot_low, boot_high = hierarchical_bootstrap(a, b, n_boot, confidence, np.random.default_rng(seed))
-    tests = [mcnemar_exact(x, y) for x, y in zip(a, b)]
+    tests = [mcnemar_exact(x, y) for x, y in zip(a, b, strict=False)]
     return {
         "n_seeds": int(a.shape[0]),
         "n_examples": int(a.shape[1]),
@@ -204,5 +271,4 @@ def compare_arms(
         "n_a_only": sum(t[0] for t in tests),
         "n_b_only": sum(t[1] for t in tests),
         "p_mcnemar_seeds": ";".join(f"{t[2]:.4g}" for t in tests),
-        "detectable_effect": detectable_effect(si["sd"], si["n"], alpha, power),
     }

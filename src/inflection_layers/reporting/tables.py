@@ -1,5 +1,7 @@
 """The report's tables, pure over DataFrames: per-seed accuracy per evaluation set, the paired comparisons,
-Table 1, parameter counts, the overlap audit, the selection ablation, the bands of every selector, timing.
+Table 1, parameter counts, the overlap audit, timing; and, from
+:mod:`~inflection_layers.reporting.selection_tables`, the selection ablation, the bands of every selector and the
+band under each gradient measure.
 
 An *evaluation set* is a split (validation, test) and a subset of its sentences: ``all``, or a clean subset
 of the audit (``clean_source``: not in the source models' SST-2 sample; ``clean_sst2``: not in SST-2 at
@@ -10,18 +12,20 @@ audit.csv, which are in percent like the paper.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from inflection_layers.bands import METHODS, select_band
 from inflection_layers.cells import EVAL_SPLITS, LORA_STRATEGIES, draw, family
 from inflection_layers.reporting.paper import PAPER_TARGET, Paper, bert_base_parameters, lora_parameters
+from inflection_layers.reporting.selection_tables import bands_table as bands_table
+from inflection_layers.reporting.selection_tables import measure_sensitivity as measure_sensitivity
+from inflection_layers.reporting.selection_tables import selection_ablation as selection_ablation
 from inflection_layers.reporting.stats import compare_arms, holm, seed_interval
 
 SUBSETS = {"clean_source": "in_source", "clean_sst2": "in_sst2", "clean_phrase": "phrase_covered"}
 SEL = "lora_selective"
-ALPHAS, WIDENINGS = (0.25, 0.5, 0.75), (0, 1)
 
 
 def eval_sets(examples: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
@@ -117,15 +121,7 @@ def comparisons(targets: dict[str, tuple[pd.DataFrame, dict]], rep) -> pd.DataFr
                     continue
                 a = np.stack([correct[(ra, s, sa)][mask] for s in seeds])
                 b = np.stack([correct[(rb, s, sb)][mask] for s in seeds])
-                c = compare_arms(
-                    a,
-                    b,
-                    n_boot=rep.bootstrap,
-                    confidence=rep.confidence,
-                    alpha=rep.alpha,
-                    power=rep.power,
-                    seed=rep.seed,
-                )
+                c = compare_arms(a, b, n_boot=rep.bootstrap, confidence=rep.confidence, seed=rep.seed)
                 c.pop("diffs")
                 rows.append(
                     {
@@ -154,71 +150,95 @@ def params_text(lo: int, hi: int) -> str:
     return f"{int(lo):,}" if lo == hi else f"{int(lo):,}-{int(hi):,}"
 
 
+def arm_accuracy(a: pd.DataFrame, confidence: float) -> dict:
+    """Table 1's columns of one arm per evaluation set: n and accuracy (percent) mean, std and t-interval over seeds."""
+    row = {}
+    for (split, subset), g in a.groupby(["split", "subset"], sort=False):
+        si = seed_interval(g.sort_values("seed")["accuracy"].to_numpy(), confidence)
+        key = f"{split}_{subset}"
+        row |= {
+            f"{key}_n": int(g["n"].max()),
+            f"{key}_mean": 100 * si["mean"],
+            f"{key}_std": 100 * si["sd"],
+            f"{key}_ci_low": 100 * si["low"],
+            f"{key}_ci_high": 100 * si["high"],
+        }
+    return row
+
+
+def draws_spread(acc: pd.DataFrame, target: str, regime: str, fam: str, split: str) -> dict:
+    """Table 1's columns of a family's random draws on a split, all sentences: how many, lowest and highest (%)."""
+    d = acc[
+        (acc["target"] == target)
+        & (acc["regime"] == regime)
+        & (acc["family"] == fam)
+        & (acc["strategy"] != fam)
+        & (acc["split"] == split)
+        & (acc["subset"] == "all")
+    ]
+    if not len(d):
+        return {}
+    per_draw = d.groupby("strategy")["accuracy"].mean()
+    return {"draws": len(per_draw), "draws_min": 100 * per_draw.min(), "draws_max": 100 * per_draw.max()}
+
+
+def cell_parameters(cells: pd.DataFrame, target: str, regime: str, fam: str) -> dict:
+    """Table 1's columns of an arm's exact trainable parameters over its cells: lowest, highest, as text."""
+    c = cells[(cells["target"] == target) & (cells["regime"] == regime) & (cells["family"] == fam)]
+    if not len(c):
+        return {}
+    lo, hi = int(c["trainable_parameters"].min()), int(c["trainable_parameters"].max())
+    return {"params_min": lo, "params_max": hi, "params": params_text(lo, hi)}
+
+
+def paper_columns(paper: Paper, params: Any, target: str, regime: str, fam: str) -> dict:
+    """Table 1's paper columns: its accuracy (%, its target only), stated count and bert-base's exact counts."""
+    row = {}
+    if target == PAPER_TARGET:
+        m, s = paper.accuracy(regime, fam)
+        row |= {
+            "paper_mean": None if m is None else 100 * m,
+            "paper_std": None if s is None else 100 * s,
+            "paper": "" if m is None else f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}"),
+        }
+    stated = paper.stated_parameters(fam)
+    rank, k = params.lora.rank, params.finetune.shallow_k
+    exact = [
+        bert_base_parameters(fam, rank, len(params.lora.targets), k, paper.band(), pooler=pool)
+        for pool in (False, True)
+    ]
+    return row | {
+        "paper_params_stated": stated,
+        "bert_base_params": exact[0],
+        "bert_base_params_pooler": exact[1] if fam == "shallow" else None,
+    }
+
+
 def table1(acc: pd.DataFrame, cells: pd.DataFrame, paper: Paper, params, confidence: float) -> pd.DataFrame:
     """Per target x regime x strategy family: accuracy (percent) mean, std and t-interval over seeds per evaluation
     set; the random draws' spread; exact trainable parameters; the paper's mean +- std and counts beside ours."""
     rows = []
     fams = [f for f in dict.fromkeys(acc["family"]) if f]
-    rank, k = params.lora.rank, params.finetune.shallow_k
     for target, regime, fam in itertools.product(dict.fromkeys(acc["target"]), ("under", "over"), fams):
         a = acc[(acc["target"] == target) & (acc["regime"] == regime) & (acc["strategy"] == fam)]
         if a.empty:
             continue
         row = {"target": target, "regime": regime, "strategy": fam, "n_seeds": a["seed"].nunique()}
-        for (split, subset), g in a.groupby(["split", "subset"], sort=False):
-            si = seed_interval(g.sort_values("seed")["accuracy"].to_numpy(), confidence)
-            key = f"{split}_{subset}"
-            row |= {
-                f"{key}_n": int(g["n"].max()),
-                f"{key}_mean": 100 * si["mean"],
-                f"{key}_std": 100 * si["sd"],
-                f"{key}_ci_low": 100 * si["low"],
-                f"{key}_ci_high": 100 * si["high"],
-            }
-        d = acc[
-            (acc["target"] == target)
-            & (acc["regime"] == regime)
-            & (acc["family"] == fam)
-            & (acc["strategy"] != fam)
-            & (acc["split"] == a["split"].iloc[0])
-            & (acc["subset"] == "all")
-        ]
-        if len(d):
-            per_draw = d.groupby("strategy")["accuracy"].mean()
-            row |= {"draws": len(per_draw), "draws_min": 100 * per_draw.min(), "draws_max": 100 * per_draw.max()}
-        c = cells[(cells["target"] == target) & (cells["regime"] == regime) & (cells["family"] == fam)]
-        if len(c):
-            lo, hi = int(c["trainable_parameters"].min()), int(c["trainable_parameters"].max())
-            row |= {"params_min": lo, "params_max": hi, "params": params_text(lo, hi)}
-        if target == PAPER_TARGET:
-            m, s = paper.accuracy(regime, fam)
-            row |= {
-                "paper_mean": None if m is None else 100 * m,
-                "paper_std": None if s is None else 100 * s,
-                "paper": "" if m is None else f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}"),
-            }
-        stated = paper.stated_parameters(fam)
-        exact = [
-            bert_base_parameters(fam, rank, len(params.lora.targets), k, paper.band(), pooler=pool)
-            for pool in (False, True)
-        ]
-        row |= {
-            "paper_params_stated": stated,
-            "bert_base_params": exact[0],
-            "bert_base_params_pooler": exact[1] if fam == "shallow" else None,
-        }
-        rows.append(row)
+        row |= arm_accuracy(a, confidence)
+        row |= draws_spread(acc, target, regime, fam, a["split"].iloc[0])
+        row |= cell_parameters(cells, target, regime, fam)
+        rows.append(row | paper_columns(paper, params, target, regime, fam))
     return pd.DataFrame(rows)
 
 
 def infer_width(cells: pd.DataFrame, rank: int, targets: int, labels: int = 2) -> int | None:
     """The encoder's width from exact counts: two LoRA cells with different numbers of layers differ by
     targets x 2 x rank x width per layer, whatever the head; else a BERT head-only cell (width x labels + labels)."""
-    if len(cells) and "lora_layers" in cells:
+    if len(cells) and "adapted_layers" in cells:
         lora = cells[cells["family"].isin(LORA_STRATEGIES)]
         sizes = {
             len(x): int(p)
-            for x, p in zip(lora["lora_layers"], lora["trainable_parameters"])
+            for x, p in zip(lora["adapted_layers"], lora["trainable_parameters"], strict=True)
             if isinstance(x, (list, tuple, np.ndarray))
         }
         if len(sizes) >= 2:
@@ -248,16 +268,16 @@ def parameters_table(cells: pd.DataFrame, paper: Paper, params, width: int | Non
             "ours_max": int(c["trainable_parameters"].max()),
         }
         if fam in LORA_STRATEGIES and width:
-            expected = [lora_parameters(rank, width, len(x), t) + head for x in c["lora_layers"]]
+            expected = [lora_parameters(rank, width, len(x), t) + head for x in c["adapted_layers"]]
             row |= {
                 "formula": f"{t} x 2 x {rank} x {width} x layers + {head:,} (the head)",
-                "formula_matches": bool(all(int(a) == b for a, b in zip(c["trainable_parameters"], expected))),
+                "formula_matches": bool(
+                    all(int(a) == b for a, b in zip(c["trainable_parameters"], expected, strict=False))
+                ),
             }
         row |= {
             "paper_stated": paper.stated_parameters(fam),
-            "bert_base_exact": bert_base_parameters(
-                fam, rank, t, k, paper.band(), pooler=False if fam == "shallow" else True
-            ),
+            "bert_base_exact": bert_base_parameters(fam, rank, t, k, paper.band(), pooler=fam != "shallow"),
             "bert_base_exact_with_pooler": bert_base_parameters(fam, rank, t, k, paper.band())
             if fam == "shallow"
             else None,
@@ -277,85 +297,36 @@ def audit_table(acc: pd.DataFrame, data: dict) -> pd.DataFrame:
     out["accuracy"] *= 100
     audit = data.get("audit", {})
     for key in ("n", "in_source", "in_sst2", "phrase_covered"):
-        out[f"split_{key}"] = [audit.get(t, {}).get(s, {}).get(key) for t, s in zip(out["target"], out["split"])]
+        out[f"split_{key}"] = [
+            audit.get(t, {}).get(s, {}).get(key) for t, s in zip(out["target"], out["split"], strict=False)
+        ]
     return out
 
 
-def selection_ablation(diagnose: pd.DataFrame, selection: pd.DataFrame, ski) -> pd.DataFrame:
-    """The band every rule variant picks per group from the saved diagnostics alone: alpha x s x method x cap."""
-    rows = []
-    study = {(r.target, r.regime, int(r.seed)): list(r.band) for r in selection.itertuples()} if len(selection) else {}
-    caps = list(dict.fromkeys([ski.max_band, None]))
-    for (t, r, seed), g in diagnose[diagnose["layer"] >= 0].groupby(["target", "regime", "seed"], sort=False):
-        w = g.pivot_table(index="layer", columns="metric", values="value").sort_index()
-        for alpha, s, method, cap in itertools.product(ALPHAS, WIDENINGS, METHODS, caps):
-            band = select_band(
-                w["entropy"].to_numpy(),
-                w["act_grad"].to_numpy(),
-                method=method,
-                alpha=alpha,
-                s=s,
-                threshold=ski.threshold,
-                max_band=cap,
-            )["band"]
-            rows.append(
-                {
-                    "group": f"{t}-{r}-{seed}",
-                    "target": t,
-                    "regime": r,
-                    "seed": int(seed),
-                    "method": method,
-                    "alpha": alpha,
-                    "s": s,
-                    "cap": "none" if cap is None else int(cap),
-                    "threshold": ski.threshold,
-                    "band": " ".join(map(str, band)),
-                    "size": len(band),
-                    "study_rule": (method, alpha, s, cap) == (ski.method, ski.alpha, ski.s, ski.max_band),
-                    "equals_study_band": band == study.get((t, r, int(seed))),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def bands_table(selection: pd.DataFrame) -> pd.DataFrame:
-    """Per group: the layers of SKI, its complement, Auto-RGN, representation change and each random draw."""
-    rows = []
-    for r in selection.itertuples():
-        ski = set(r.band)
-        named = [("ski", r.band, ""), ("complement", r.complement, ""), ("rgn", r.rgn, ""), ("cka", r.cka, "")]
-        named += [(f"random_{i}", d["layers"], d.get("tier", "")) for i, d in enumerate(r.random)]
-        for name, layers, tier in named:
-            rows.append(
-                {
-                    "group": f"{r.target}-{r.regime}-{r.seed}",
-                    "target": r.target,
-                    "regime": r.regime,
-                    "seed": int(r.seed),
-                    "selector": name,
-                    "layers": " ".join(map(str, layers)),
-                    "size": len(layers),
-                    "overlap_with_ski": len(ski & set(layers)),
-                    "jaccard_with_ski": len(ski & set(layers)) / len(ski | set(layers)) if ski | set(layers) else 1.0,
-                    "tier": tier,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 def timing_table(records: dict[str, list[dict]]) -> pd.DataFrame:
-    """Per stage: matrix items, summed wall seconds, share of the total, tokens/s (summed tokens over summed time
-    where tokens are recorded, else the items' mean rate). records: stage -> [{wall_seconds, tokens?, tokens_per_second?}]."""
+    """Per stage: matrix items, summed wall seconds and the estimate the stages recorded before they ran (where every
+    item has one), share of the total, tokens/s (summed tokens over summed time where tokens are recorded, else the
+    items' mean rate). records: stage -> [{wall_seconds, estimated_seconds?, tokens?, tokens_per_second?}]."""
     rows = []
     for stage, items in records.items():
         walls = [float(x["wall_seconds"]) for x in items if x.get("wall_seconds") is not None]
         if not walls:
             continue
+        estimates = [x.get("estimated_seconds") for x in items]
         tokens = [float(x["tokens"]) for x in items if x.get("tokens") is not None]
         rates = [float(x["tokens_per_second"]) for x in items if x.get("tokens_per_second") is not None]
         tps = sum(tokens) / sum(walls) if tokens and sum(walls) > 0 else (float(np.mean(rates)) if rates else np.nan)
-        rows.append({"stage": stage, "items": len(walls), "wall_seconds": sum(walls), "tokens_per_second": tps})
-    df = pd.DataFrame(rows, columns=["stage", "items", "wall_seconds", "tokens_per_second"])
+        estimate = sum(estimates) if estimates and all(e is not None for e in estimates) else np.nan
+        rows.append(
+            {
+                "stage": stage,
+                "items": len(walls),
+                "wall_seconds": sum(walls),
+                "estimated_seconds": estimate,
+                "tokens_per_second": tps,
+            }
+        )
+    df = pd.DataFrame(rows, columns=["stage", "items", "wall_seconds", "estimated_seconds", "tokens_per_second"])
     total = df["wall_seconds"].sum()
     df["share"] = df["wall_seconds"] / total if total > 0 else np.nan
     return df

@@ -1,27 +1,25 @@
-"""The verdict rules of the report, all in one place. Four words only: see ``VERDICTS``.
+"""The verdict rules of the report, all in one place: decisions from intervals against the claimed effect.
 
-Every difference is A - B, a fraction of 1, over seeds; (low, high) is the two-sided t-interval of the
-per-seed differences (:func:`inflection_layers.reporting.stats.seed_interval`), except for ``equivalent``, which
-takes TOST's (1 - 2 alpha) interval (:func:`inflection_layers.reporting.stats.equivalence_test`). A nan interval
-(fewer than 2 seeds) is always Inconclusive. Rules are tried top to bottom; the first that holds wins.
+Four words only (``VERDICTS``). Every statistical part has a seed-level interval [low, high] (the level is the
+report's `confidence`; equivalence and non-inferiority use TOST's 1 - 2 alpha) and a rule fixed before the data
+(data/paper/decisions.csv). For a *directional* claim with claimed effect d > 0, the interval is first oriented
+so that the claimed direction is positive ([lo, hi]):
 
-==============  ====================================  ===============================================  ==============
-claim kind      Reproduced                            Not reproduced                                   Inconclusive
-==============  ====================================  ===============================================  ==============
-greater (A>B)   low > 0                               high < 0, or high < effect and mde <= effect     otherwise
-less (A<B)      high < 0                              low > 0, or low > -effect and mde <= effect      otherwise
-equivalent      TOST p < alpha                        low > margin or high < -margin                   otherwise
-at_least        low > -margin                         high < -margin                                   otherwise
-(A >= B - m)
-==============  ====================================  ===============================================  ==============
+==================  ============================================  ===================================
+verdict             directional (effect d)                        two-sided around d (region [a, b])
+==================  ============================================  ===================================
+Reproduced          lo > 0 and hi >= d                            [lo, hi] inside [a, b]
+Partially repro.    lo > 0 and hi < d (the direction, less)       lo > 0 and [lo, hi] misses [a, b]
+Not reproduced      lo <= 0 and hi < d (this includes hi < 0)     lo <= 0 and [lo, hi] misses [a, b]
+Inconclusive        lo <= 0 and hi >= d                           otherwise (it overlaps [a, b])
+==================  ============================================  ===================================
 
-``effect`` (> 0) is the difference the claim is about: the paper's own stated difference, else the
-smallest effect of interest; ``effect=None`` (a claim whose paper states no size) keeps only the direction:
-Not reproduced only when the interval excludes 0 on the other side; ``mde`` is the detectable effect (:func:`inflection_layers.reporting.stats.detectable_effect`):
-an interval that excludes ``effect`` only counts against the claim when the study could detect it.
-``less`` is ``greater`` with A and B swapped. Claims made of several parts: :func:`combine`; claims on
-categories (a layer, a band), not on a difference: :func:`categorical`; the equivalence margin:
-:func:`equivalence_margin`.
+Equivalence within +-m: Reproduced when [low, high] lies inside (-m, m); Not reproduced when it lies entirely
+outside; else Inconclusive. Non-inferiority by m: Reproduced when low > -m; Not reproduced when high < -m; else
+Inconclusive. Categorical claims (a layer, a band): all cells match, Reproduced; none, Not reproduced; some,
+Partially reproduced. A part without an interval (fewer than 2 seeds) is Inconclusive. No rule uses the observed
+spread to decide what the study "could have detected": post-hoc power is not evidence (the report gives a
+prospective power table instead). A claim's parts combine by :func:`combine`.
 """
 
 from __future__ import annotations
@@ -36,99 +34,75 @@ PARTIAL = "Partially reproduced"
 NOT_REPRODUCED = "Not reproduced"
 INCONCLUSIVE = "Inconclusive"
 VERDICTS = (REPRODUCED, PARTIAL, NOT_REPRODUCED, INCONCLUSIVE)
+STRENGTH = {NOT_REPRODUCED: 0, INCONCLUSIVE: 1, PARTIAL: 2, REPRODUCED: 3}  # the weakest part decides an all-part claim
+RULES = ("directional", "two_sided", "equivalence", "noninferiority", "categorical")
+DIRECTIONS = ("positive", "negative", "either", "none")
 
 
-def _nan(*xs: float | None) -> bool:
-    return any(x is None or math.isnan(x) for x in xs)
+def _missing(*xs: float | None) -> bool:
+    return any(x is None or (isinstance(x, float) and math.isnan(x)) for x in xs)
 
 
-def _positive(name: str, x: float, strict: bool = True) -> None:
-    if x is None or not math.isfinite(x) or x < 0 or (strict and x == 0):
-        raise ValueError(f"{name} must be a {'positive' if strict else 'non-negative'} finite number, got {x}")
+def orient(low: float, high: float, direction: str, mean: float | None = None) -> tuple[float, float]:
+    """The interval with the claimed direction positive: as is (positive), mirrored (negative), or by the sign of the
+    mean (either: a claim that an association exists, whichever its sign)."""
+    if direction == "negative" or (direction == "either" and mean is not None and mean < 0):
+        return -high, -low
+    return low, high
 
 
-def greater(low: float, high: float, mde: float, effect: float | None) -> str:
-    """Claim A > B by `effect` (> 0). Reproduced: low > 0. Not reproduced: high < 0, or high < effect while
-    mde <= effect (the claimed effect was detectable and is excluded). Inconclusive otherwise (nan mde: never powered).
-
-    ``effect=None``: the paper states no size, only a direction; then Not reproduced only when high < 0 (the
-    interval excludes 0 on the other side), and `mde` plays no part."""
-    if effect is not None:
-        _positive("effect", effect)
-    if _nan(low, high):
+def directional(low: float, high: float, d: float, direction: str = "positive", mean: float | None = None) -> str:
+    """A claimed direction with a claimed effect d > 0 (see the module's table)."""
+    if not d > 0:
+        raise ValueError(f"a directional claim needs an effect d > 0, got {d}")
+    if _missing(low, high):
         return INCONCLUSIVE
-    if low > 0:
+    lo, hi = orient(low, high, direction, mean)
+    if lo > 0:
+        return REPRODUCED if hi >= d else PARTIAL
+    return NOT_REPRODUCED if hi < d else INCONCLUSIVE
+
+
+def two_sided(low: float, high: float, region: tuple[float, float], direction: str = "positive") -> str:
+    """A claimed size: the effect lies in `region` (a, b), on the scale where the claimed direction is positive."""
+    a, b = region
+    if not 0 < a <= b:
+        raise ValueError(f"a two-sided claim needs a region 0 < a <= b, got {region}")
+    if _missing(low, high):
+        return INCONCLUSIVE
+    lo, hi = orient(low, high, direction)
+    if a <= lo and hi <= b:
         return REPRODUCED
-    if high < 0 or (effect is not None and high < effect and not _nan(mde) and mde <= effect):
-        return NOT_REPRODUCED
+    if hi < a or lo > b:
+        return PARTIAL if lo > 0 else NOT_REPRODUCED
     return INCONCLUSIVE
 
 
-def less(low: float, high: float, mde: float, effect: float | None) -> str:
-    """Claim A < B by `effect` (> 0, or None: a direction only): the mirror image of :func:`greater` on B - A
-    (interval (-high, -low))."""
-    return greater(-high, -low, mde, effect)
+def about(d: float, factor: float) -> tuple[float, float]:
+    """The region of 'about d' (d > 0): [d / factor, d * factor]."""
+    return d / factor, d * factor
 
 
-def equivalent(p: float, low: float, high: float, margin: float, alpha: float) -> str:
-    """Claim A == B within `margin`, on TOST's p and (1 - 2 alpha) interval. Reproduced: p < alpha.
-    Not reproduced: low > margin or high < -margin (the interval lies entirely outside). Inconclusive otherwise."""
-    _positive("margin", margin)
-    if not _nan(p) and p < alpha:
+def equivalence(low: float, high: float, margin: float) -> str:
+    """A claim that two arms are the same within +-margin, on TOST's (1 - 2 alpha) interval."""
+    if not margin > 0:
+        raise ValueError(f"an equivalence margin must be > 0, got {margin}")
+    if _missing(low, high):
+        return INCONCLUSIVE
+    if -margin < low and high < margin:
         return REPRODUCED
-    if not _nan(low, high) and (low > margin or high < -margin):
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
+    return NOT_REPRODUCED if high <= -margin or low >= margin else INCONCLUSIVE
 
 
-def at_least(low: float, high: float, margin: float) -> str:
-    """Claim A >= B - margin (non-inferiority, margin >= 0). Reproduced: low > -margin.
-    Not reproduced: high < -margin. Inconclusive otherwise."""
-    _positive("margin", margin, strict=False)
-    if _nan(low, high):
+def noninferiority(low: float, high: float, margin: float) -> str:
+    """A claim that A is not worse than B by more than `margin` (A - B >= -margin), on the (1 - 2 alpha) interval."""
+    if not margin >= 0:
+        raise ValueError(f"a non-inferiority margin must be >= 0, got {margin}")
+    if _missing(low, high):
         return INCONCLUSIVE
     if low > -margin:
         return REPRODUCED
     return NOT_REPRODUCED if high < -margin else INCONCLUSIVE
-
-
-RULES = {"greater": greater, "less": less, "equivalent": equivalent, "at_least": at_least}
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """The verdict of a claim made of parts, from how many parts are reproduced (order does not matter):
-
-    =========================================  =====================
-    parts                                      verdict
-    =========================================  =====================
-    none                                       Inconclusive
-    all Reproduced                             Reproduced
-    all Not reproduced                         Not reproduced
-    all Inconclusive                           Inconclusive
-    some (not all) Reproduced or Partially     Partially reproduced
-    none Reproduced/Partially, some Not        Not reproduced
-    =========================================  =====================
-
-    A Partially reproduced part counts as reproduced in part. Unanimous parts keep their verdict (symmetric
-    in Reproduced / Not reproduced). An Inconclusive part never counts as reproduced, so with Inconclusive
-    parts the verdict is Partially reproduced when some part is reproduced, Not reproduced when some part is
-    not and none is: the claim as stated (every part) is then contradicted and supported nowhere.
-    """
-    vs = list(verdicts)
-    unknown = set(vs) - set(VERDICTS)
-    if unknown:
-        raise ValueError(f"unknown verdicts {sorted(unknown)}; expected one of {VERDICTS}")
-    if not vs:
-        return INCONCLUSIVE
-    if len(set(vs)) == 1:
-        return vs[0]
-    if REPRODUCED in vs or PARTIAL in vs:
-        return PARTIAL
-    return NOT_REPRODUCED  # a mix of Not reproduced and Inconclusive
-
-
-def _missing(x: object) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def _same(x: object, y: object) -> bool:
@@ -138,28 +112,34 @@ def _same(x: object, y: object) -> bool:
 
 
 def categorical(observed: Sequence[object], expected: object) -> str:
-    """Non-statistical claim: each cell of `observed` (K,) (e.g. the entropy-minimum layer per seed) is compared
-    with `expected` (one value, e.g. 5, or one band (4, 5, 6)). All match: Reproduced; none: Not reproduced;
-    some: Partially reproduced; no cells: Inconclusive. Missing cells (None, nan) are left out, not mismatches."""
-    cells = [o for o in observed if not _missing(o)]
+    """Each observed cell (a layer, a band, True) against the expected value: all match, Reproduced; none, Not
+    reproduced; some, Partially reproduced; no cells (missing ones left out), Inconclusive."""
+    cells = [o for o in observed if not (o is None or (isinstance(o, float) and math.isnan(o)))]
     if not cells:
         return INCONCLUSIVE
     share = sum(_same(o, expected) for o in cells) / len(cells)
     return REPRODUCED if share == 1 else NOT_REPRODUCED if share == 0 else PARTIAL
 
 
-def equivalence_margin(paper_std: float | None, smallest_interpreted_difference: float | None) -> tuple[float, str]:
-    """The equivalence margin (fraction of 1) and its reason as a sentence.
+def combine(verdicts: Sequence[str], how: str) -> str:
+    """A claim's verdict from its parts' (order does not matter): `all` (every part must hold) is the weakest part's,
+    so Reproduced + Not reproduced is Not reproduced, symmetric with Not reproduced + Inconclusive; `any` (one part
+    suffices; its intervals are at Bonferroni's level) is the strongest part's; `single` is its one part's."""
+    vs = list(verdicts)
+    unknown = set(vs) - set(VERDICTS)
+    if unknown:
+        raise ValueError(f"unknown verdicts {sorted(unknown)}; expected one of {VERDICTS}")
+    if not vs:
+        return INCONCLUSIVE
+    if how == "single" and len(vs) != 1:
+        raise ValueError(f"a single-part claim has {len(vs)} parts")
+    pick = min if how in ("all", "single") else max
+    if how not in ("all", "any", "single"):
+        raise ValueError(f"unknown combination {how!r}; expected all, any or single")
+    return pick(vs, key=STRENGTH.__getitem__)
 
-    The paper's own seed std of the compared rows when it states one (> 0); else half the smallest difference
-    the paper interprets (> 0). Neither: ValueError (an equivalence claim needs a margin).
-    """
-    if not _nan(paper_std) and paper_std > 0:
-        return float(paper_std), f"the paper's own seed std ({100 * paper_std:.2f} points)"
-    d = smallest_interpreted_difference
-    if not _nan(d) and d > 0:
-        return (
-            d / 2,
-            f"half the smallest difference the paper interprets ({100 * d:.2f} points / 2 = {50 * d:.2f} points)",
-        )
-    raise ValueError("no equivalence margin: the paper states neither a seed std nor a difference it interprets")
+
+def deciding(verdicts: Sequence[str], how: str) -> int:
+    """The index of the part that decides a claim (the weakest for `all`, the strongest for `any`)."""
+    pick = min if how in ("all", "single") else max
+    return pick(range(len(verdicts)), key=lambda i: STRENGTH[verdicts[i]])

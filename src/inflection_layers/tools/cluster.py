@@ -11,7 +11,8 @@ Each stage job clones the committed repository into a scratch folder, runs `dvc 
 run-cache to the repository's default DVC remote, and deletes its clone. A final job in the user's workspace
 runs `dvc repro --pull`: it restores every stage from the run-cache and runs the stages the run-cache cannot
 carry (any `cache: false` output, e.g. `report`), so that afterwards `dvc repro` runs nothing and `dvc status`
-is clean. Per-stage resources come from params.yaml's `cluster` section (`cluster.resources.<stage>`, `default` for the rest).
+is clean. Per-stage resources come from params.yaml's `cluster` section (`cluster.resources.<stage>`, `default`
+for the rest).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ echo "stage {stage}: done"
 """
 
 FINAL_JOB = """#!/bin/bash
-# Restore every stage of {root} from the run-cache and run those it cannot carry, written by inflection_layers.tools.cluster
+# Restore every stage of {root} from the run-cache and run those it cannot carry, written by \
+inflection_layers.tools.cluster
 set -euo pipefail
 export PATH={bindir}:$PATH DVC_NO_ANALYTICS=1
 cd {root}
@@ -143,6 +145,85 @@ def sbatch(script: Path, name: str, log: Path, res: Resources, partition: str | 
     return out.strip().split(";")[0]
 
 
+def job_fields(root: Path, commit: str, remote: str, scratch: str, watched: list[str]) -> dict[str, str]:
+    """The values JOB and FINAL_JOB are formatted with (paths shell-quoted)."""
+    return {
+        "root": shlex.quote(str(root)),
+        "commit": commit,
+        "remote_url": remote,
+        "scratch": scratch,
+        "bindir": shlex.quote(str(Path(sys.executable).parent)),
+        "watched": shlex.join(watched),
+    }
+
+
+def final_resources(table: dict[str, Resources], local: list[str]) -> Resources:
+    """The final job's request: the most cpus, gpus and memory of its stages, their minutes summed."""
+    needs = [resources_for(table, a.split(":")[-1]) for a in local] or [table["default"]]
+    return Resources(
+        max(r.cpus for r in needs),
+        max(r.gpus for r in needs),
+        sum(r.minutes for r in needs),
+        max(r.mem_gb for r in needs),
+    )  # it runs its stages one after the other
+
+
+def print_plan(jobs: list[Stage], parents: dict[str, list[str]], local: list[str], table: dict, dry: bool) -> None:
+    """Print the plan: with `dry`, each job's parents and resources; the stages the final job runs itself."""
+    if dry:
+        for s in jobs:
+            print(f"{s.addressing}: after {parents[s.addressing] or 'nothing'}, {resources_for(table, s.name)}")
+        print(f"{FINAL}: after every job")
+    if local:
+        print(
+            f"cluster: the final job runs {', '.join(local)} itself (a `cache: false` output, or downstream "
+            "of one: the run-cache cannot carry them)"
+        )
+
+
+def submit_jobs(
+    run_dir: Path,
+    jobs: list[Stage],
+    parents: dict[str, list[str]],
+    fields: dict[str, str],
+    table: dict[str, Resources],
+    partition: str | None,
+    final: Resources,
+) -> tuple[dict[str, str], dict[str, str]] | None:
+    """Write and submit every job script, final last: (ids, logs) per stage, or None after cancelling on failure."""
+    ids: dict[str, str] = {}
+    logs: dict[str, str] = {}
+    try:
+        for s in jobs:
+            safe = re.sub(r"[^\w@.=+-]", "_", s.addressing)
+            script, logs[s.addressing] = run_dir / f"{safe}.sh", str(run_dir / f"{safe}.log")
+            script.write_text(JOB.format(stage=shlex.quote(s.addressing), **fields))
+            after = [ids[p] for p in parents[s.addressing]]
+            res = resources_for(table, s.name)
+            ids[s.addressing] = sbatch(script, s.addressing, Path(logs[s.addressing]), res, partition, after)
+        script, logs[FINAL] = run_dir / "final.sh", str(run_dir / "final.log")
+        script.write_text(FINAL_JOB.format(**fields))
+        ids[FINAL] = sbatch(script, FINAL, Path(logs[FINAL]), final, partition, list(ids.values()))
+    except subprocess.CalledProcessError as err:
+        subprocess.run(["scancel", *ids.values()], check=False)
+        print(f"cluster: sbatch failed: {err.stderr.strip()}; cancelled the {len(ids)} job(s) already submitted")
+        return None
+    return ids, logs
+
+
+def state_record(
+    commit: str, remote: str, run_dir: Path, local: list[str], parents: dict, ids: dict, logs: dict
+) -> dict:
+    """What STATE records of a submission: the commit, the remote, each job's id, log and parents."""
+    return {
+        "commit": commit,
+        "remote": remote,
+        "run_dir": str(run_dir),
+        "final_runs": local,
+        "jobs": {k: {"id": ids[k], "log": logs[k], "parents": parents.get(k, [])} for k in ids},
+    }
+
+
 def submit(root: Path, scratch: str, dry: bool) -> int:
     """Submit one job per stale stage plus the final job; print and record (STATE) job ids and logs."""
     if (root / STATE).exists() and status(root, quiet=True)[1]:
@@ -159,64 +240,18 @@ def submit(root: Path, scratch: str, dry: bool) -> int:
     commit = git(root, "rev-parse", "HEAD")
     partition, table = cluster_config(root)
     run_dir = root / ".dvc/tmp/cluster" / time.strftime("%Y%m%d-%H%M%S")
-    fields = {
-        "root": shlex.quote(str(root)),
-        "commit": commit,
-        "remote_url": remote,
-        "scratch": scratch,
-        "bindir": shlex.quote(str(Path(sys.executable).parent)),
-        "watched": shlex.join(watched),
-    }
-    if dry:
-        for s in jobs:
-            print(f"{s.addressing}: after {parents[s.addressing] or 'nothing'}, {resources_for(table, s.name)}")
-        print(f"{FINAL}: after every job")
-    if local:
-        print(
-            f"cluster: the final job runs {', '.join(local)} itself (a `cache: false` output, or downstream "
-            "of one: the run-cache cannot carry them)"
-        )
+    fields = job_fields(root, commit, remote, scratch, watched)
+    print_plan(jobs, parents, local, table, dry)
     if dry:
         return 0
     if subprocess.run(["dvc", "push", "--quiet"], cwd=root, check=False).returncode:  # the committed outputs
         print("cluster: warning: `dvc push` failed; jobs pull what the remote has and recompute the rest")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ids: dict[str, str] = {}
-    logs: dict[str, str] = {}
-    needs = [resources_for(table, a.split(":")[-1]) for a in local] or [table["default"]]
-    final = Resources(
-        max(r.cpus for r in needs),
-        max(r.gpus for r in needs),
-        sum(r.minutes for r in needs),
-        max(r.mem_gb for r in needs),
-    )  # it runs its stages one after the other
-    try:
-        for s in jobs:
-            safe = re.sub(r"[^\w@.=+-]", "_", s.addressing)
-            script, logs[s.addressing] = run_dir / f"{safe}.sh", str(run_dir / f"{safe}.log")
-            script.write_text(JOB.format(stage=shlex.quote(s.addressing), **fields))
-            ids[s.addressing] = sbatch(
-                script,
-                s.addressing,
-                Path(logs[s.addressing]),
-                resources_for(table, s.name),
-                partition,
-                [ids[p] for p in parents[s.addressing]],
-            )
-        script, logs[FINAL] = run_dir / "final.sh", str(run_dir / "final.log")
-        script.write_text(FINAL_JOB.format(**fields))
-        ids[FINAL] = sbatch(script, FINAL, Path(logs[FINAL]), final, partition, list(ids.values()))
-    except subprocess.CalledProcessError as err:
-        subprocess.run(["scancel", *ids.values()], check=False)
-        print(f"cluster: sbatch failed: {err.stderr.strip()}; cancelled the {len(ids)} job(s) already submitted")
+    submitted = submit_jobs(run_dir, jobs, parents, fields, table, partition, final_resources(table, local))
+    if submitted is None:
         return 1
-    state = {
-        "commit": commit,
-        "remote": remote,
-        "run_dir": str(run_dir),
-        "final_runs": local,
-        "jobs": {k: {"id": ids[k], "log": logs[k], "parents": parents.get(k, [])} for k in ids},
-    }
+    ids, logs = submitted
+    state = state_record(commit, remote, run_dir, local, parents, ids, logs)
     (root / STATE).write_text(json.dumps(state, indent=1))
     for k, job_id in ids.items():
         print(f"{k:<28} job {job_id:<8} log {logs[k]}")

@@ -1,7 +1,8 @@
 """How long will it take? The stale stages' estimated time on this machine, before `dvc repro` starts.
 
-    python -m inflection_layers.tools.estimate                  # the stages `dvc status` lists as stale (params.yaml)
-    python -m inflection_layers.tools.estimate -S profile=quick # the whole pipeline of a profile, as `dvc exp run -S` composes it
+    python -m inflection_layers.tools.estimate                  # the stale stages (`dvc status`, params.yaml)
+    python -m inflection_layers.tools.estimate -S profile=quick # a profile's whole pipeline, as `dvc exp run -S`
+                                                                # composes it
 
 `make study` runs the first before `dvc repro` (a stage cannot: `dvc repro` holds the repository lock while
 stages run). The FLOP model is :mod:`inflection_layers.estimate`'s; the rates of this machine come from a timed
@@ -56,12 +57,62 @@ def start_seconds() -> float:
     return time.perf_counter() - t0
 
 
+def probe_batch(ids: list[list[int]], labels: list[int], size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The probe's training batch: its first `size` sentences of PROBE_TOKENS tokens, with their labels."""
+    return {
+        "input_ids": torch.tensor(ids[:size], device=device),
+        "attention_mask": torch.ones(size, PROBE_TOKENS, dtype=torch.long, device=device),
+        "labels": torch.tensor(labels[:size], device=device),
+    }
+
+
+def eval_batch(ids: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
+    """The probe's evaluation batch: 128 sentences of PROBE_TOKENS tokens, no labels."""
+    return {
+        k: torch.tensor(ids[:128], device=device)
+        if k == "input_ids"
+        else torch.ones(128, PROBE_TOKENS, dtype=torch.long, device=device)
+        for k in ("input_ids", "attention_mask")
+    }
+
+
+def train_seconds(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: Any) -> float:
+    """Median seconds of a training step on the batch (AdamW, constant schedule, clipped gradients)."""
+    from inflection_layers.training import make_optimizer, make_scheduler, train_step
+
+    opt = make_optimizer(model, 1e-5, 0.0)
+    sched = make_scheduler(opt, "constant", 10**6, 0.0)
+    return median_seconds(
+        lambda: train_step(lambda b: model(**b).loss, batch, opt, sched, precision=precision, max_grad_norm=1.0, step=0)
+    )
+
+
+def measure_seconds(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """Median seconds of a diagnostic pass on the batch (the measurement, then the gradients cleared)."""
+    from inflection_layers.diagnostics import measure
+
+    def diagnostic() -> None:
+        measure(model, batch)
+        model.zero_grad(set_to_none=True)
+
+    return median_seconds(diagnostic)
+
+
+def forward_seconds(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: Any) -> float:
+    """Median seconds of an evaluation pass (no gradients) on the batch in the precision."""
+
+    def forward() -> None:
+        with torch.no_grad(), precision.autocast():
+            model(**batch)
+
+    return median_seconds(forward)
+
+
 def probe_rates(params: Any) -> dict[str, float]:
     """Achieved FLOP/s of a training step, an evaluation pass and a diagnostic pass at the study's batch size, the
     large-shape matrix-product peak, and a stage's start-up, on this machine and in the resolved precision."""
-    from inflection_layers.diagnostics import measure
     from inflection_layers.modeling import load_model, pick_device
-    from inflection_layers.training import make_optimizer, make_scheduler, probe_step, train_step
+    from inflection_layers.training import probe_step
 
     device = pick_device()
     model = load_model(params.model.name).to(device)
@@ -69,34 +120,10 @@ def probe_rates(params: Any) -> dict[str, float]:
     ids = [[101] + [2000 + i for i in range(PROBE_TOKENS - 2)] + [102]] * max(B, 128)
     labels = [i % 2 for i in range(len(ids))]
     precision = resolve(params.model.precision, device, params.model.name, probe_step(model, ids, labels, 0, B, device))
-    batch = {
-        "input_ids": torch.tensor(ids[:B], device=device),
-        "attention_mask": torch.ones(B, PROBE_TOKENS, dtype=torch.long, device=device),
-        "labels": torch.tensor(labels[:B], device=device),
-    }
-    opt = make_optimizer(model, 1e-5, 0.0)
-    sched = make_scheduler(opt, "constant", 10**6, 0.0)
-    t_train = median_seconds(
-        lambda: train_step(lambda b: model(**b).loss, batch, opt, sched, precision=precision, max_grad_norm=1.0, step=0)
-    )
-
-    def diagnostic() -> None:
-        measure(model, batch)
-        model.zero_grad(set_to_none=True)
-
-    t_measure = median_seconds(diagnostic)
-    big = {
-        k: torch.tensor(ids[:128], device=device)
-        if k == "input_ids"
-        else torch.ones(128, PROBE_TOKENS, dtype=torch.long, device=device)
-        for k in ("input_ids", "attention_mask")
-    }
-
-    def forward() -> None:
-        with torch.no_grad(), precision.autocast():
-            model(**big)
-
-    t_forward = median_seconds(forward)
+    batch = probe_batch(ids, labels, B, device)
+    t_train = train_seconds(model, batch, precision)
+    t_measure = measure_seconds(model, batch)
+    t_forward = forward_seconds(model, eval_batch(ids, device), precision)
     tokens = B * PROBE_TOKENS
     rates = {
         "train": pass_flops(config, tokens, PROBE_TOKENS, "train", 0, 1.0) / t_train,
@@ -125,7 +152,8 @@ def rates_here(params: Any) -> dict:
 
 
 def token_stats(params: Any) -> Tokens:
-    """Mean tokens per sentence and sentence counts of every table the stages read, from the data as `prepare` selects it."""
+    """Mean tokens per sentence and sentence counts of every table the stages read, from the data as `prepare`
+    selects it."""
     from inflection_layers.data import load_splits, select_tables
     from inflection_layers.modeling import load_tokenizer
 
@@ -190,7 +218,8 @@ def main() -> None:
     print(f"estimate for profile {params.study.profile} ({len(stages)} stages, {rates['precision']}, this machine):")
     print("\n".join("  " + line for line in lines))
     print(
-        f"  {'total':16} {'':4} {describe(total):>14} {describe(floor):>10} (floor: the FLOPs at this machine's matrix-product peak)"
+        f"  {'total':16} {'':4} {describe(total):>14} {describe(floor):>10} "
+        "(floor: the FLOPs at this machine's matrix-product peak)"
     )
     if total > LONG and params.study.profile != "quick":
         print("  over 30 minutes: for a first look, `dvc exp run -S profile=quick` (docs/profiles.md)")

@@ -35,7 +35,9 @@ def differences(run: Any, ref: Any, atol: float, path: str = "") -> list[str]:
     if isinstance(ref, list):
         if not isinstance(run, list) or len(run) != len(ref):
             return [f"{path}: {run!r} != {ref!r}"]
-        return [d for i, (a, b) in enumerate(zip(run, ref)) for d in differences(a, b, atol, f"{path}[{i}]")]
+        return [
+            d for i, (a, b) in enumerate(zip(run, ref, strict=False)) for d in differences(a, b, atol, f"{path}[{i}]")
+        ]
     if isinstance(run, bool) != isinstance(ref, bool):
         return [f"{path}: {run!r} != {ref!r}"]
     if isinstance(ref, float) and isinstance(run, (int, float)):

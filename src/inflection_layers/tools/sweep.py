@@ -1,23 +1,27 @@
-"""The learning-rate sweep behind `finetune.lr.*` and `lora.lr` (run by hand, not a stage of the study).
+r"""The learning-rate sweep behind `finetune.lr.*` and `lora.lr` (run by hand, not a stage of the study).
 
 The rule: one rate per method family, chosen on held-out Rotten Tomatoes train sentences in both regimes. Each
 family (head, shallow, full, bitfit, LoRA, IA3, prefix) is trained with three rates, exactly as the `finetune`
 stages train it (the same steps, batch size, schedule and engine), from every source model given, on RT train
 minus a stratified held-out part, and scored on that part; validation and test are never used. The rate with the
-best mean held-out accuracy over the sources (ties: the smaller rate) is the family's. LoRA is tuned on
-`lora_all`, which uses no selector, and IA3 on `ia3_all`: every LoRA selector and intervention cell shares
+best mean held-out accuracy over the sources (ties: the smaller rate) is the family's; where it is the grid's
+highest or lowest rate, the family gets one more rate beyond that edge, once, and the choice is made again. LoRA is
+tuned on `lora_all`, which uses no selector, and IA3 on `ia3_all`: every LoRA selector and intervention cell shares
 `lora.lr`, both IA3 cells `finetune.lr.ia3`, so no band gets a rate of its own. Run from the repository root:
 
-    python -m inflection_layers.tools.sweep --data data/prepared --sources models/source/over-42 models/source/under-42 --out plots/sweep
+    python -m inflection_layers.tools.sweep --data data/prepared \
+        --sources models/source/over-42 models/source/under-42 --out plots/sweep
 
 Writes <out>/lr.csv (family, lr, source, held-out accuracy) and <out>/lr.md (the table and the choice), and prints
-the parameters to set in the profiles.
+the parameters to set in the profiles. `--append <earlier lr.csv> --families` (no family) only extends the edges of
+an earlier sweep.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,11 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from inflection_layers.adapt import GroupData, build_run, evaluate_runs, frozen_cells, score, train_runs
+from inflection_layers.adapt import GroupData, build_run, evaluate_runs, score, train_runs
 from inflection_layers.artifacts import atomic_path, read_csv, read_parquet
 from inflection_layers.cells import Group
 from inflection_layers.config import Params, load_params
 from inflection_layers.errors import run_main
+from inflection_layers.frozen import frozen_cells
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
 from inflection_layers.precision import Precision, resolve
 from inflection_layers.reporting.paper import PAPER_TARGET
@@ -53,7 +58,8 @@ HELD_OUT = 1000  # Rotten Tomatoes train examples held out for scoring
 
 
 def held_out_data(data_dir: Path, tokenizer: object, params: Params, seed: int) -> GroupData:
-    """RT train minus a stratified held-out part (the pool the batches come from), and the held-out part as the evaluation set."""
+    """RT train minus a stratified held-out part (the pool the batches come from), and the held-out part as the
+    evaluation set."""
     from sklearn.model_selection import train_test_split
 
     train = read_parquet(data_dir / "rt_train.parquet", ["id", "text", "label"])
@@ -94,14 +100,16 @@ def family_probs(
     return evaluate_runs([run], params, data, device, precision)[run.cell.strategy]["probs"]
 
 
-def sweep_source(params: Params, source: Path, data_dir: Path, seed: int, families: list[str]) -> list[dict]:
-    """Every rate of `families` (keys of GRID) from one source model -> rows (family, lr, source, accuracy, seconds)."""
+def sweep_source(
+    params: Params, source: Path, data_dir: Path, seed: int, rates: dict[str, tuple[float, ...]]
+) -> list[dict]:
+    """Every rate of every family in `rates` from one source model -> rows (family, lr, source, accuracy, seconds)."""
     device = pick_device()
     data = held_out_data(data_dir, load_tokenizer(str(source)), params, seed)
     precision = resolve(params.model.precision, device, params.model.name)
     rows = []
-    for family in families:
-        for lr in GRID[family]:
+    for family, family_rates in rates.items():
+        for lr in family_rates:
             t0 = time.perf_counter()
             _, scores = score(data.eval_frame, family_probs(params, family, lr, source, data, device, precision, seed))
             rows.append(
@@ -115,6 +123,31 @@ def sweep_source(params: Params, source: Path, data_dir: Path, seed: int, famili
             )
             logger.info("%s %s lr %g: held-out accuracy %.4f", source.name, family, lr, rows[-1]["accuracy"])
     return rows
+
+
+def snap(rate: float) -> float:
+    """The nearest (in log scale) of 1, 2, 3 or 5 times a power of ten."""
+    exponent = math.floor(math.log10(rate))
+    ladder = [m * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for m in (1, 2, 3, 5)]
+    return float(f"{min(ladder, key=lambda r: abs(math.log(r / rate))):.0e}")
+
+
+def edge_extensions(table: pd.DataFrame, chosen: pd.DataFrame) -> dict[str, tuple[float, ...]]:
+    """One more rate, once, for each family whose chosen rate is at an edge of its grid.
+
+    The step continues the grid's own spacing (the ratio of the two outermost rates), snapped to 1, 2, 3 or 5
+    times a power of ten. A family already swept beyond its grid is not extended again.
+    """
+    out = {}
+    for r in chosen.itertuples():
+        swept = sorted(table.loc[table["family"] == r.family, "lr"].unique())
+        if len(swept) != len(GRID[r.family]) or len(swept) < 2:
+            continue
+        if r.lr == swept[-1]:
+            out[r.family] = (snap(swept[-1] ** 2 / swept[-2]),)
+        elif r.lr == swept[0]:
+            out[r.family] = (snap(swept[0] ** 2 / swept[1]),)
+    return out
 
 
 def choose(table: pd.DataFrame) -> pd.DataFrame:
@@ -141,6 +174,13 @@ def markdown(table: pd.DataFrame, chosen: pd.DataFrame) -> str:
     )
 
 
+def combine(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """Earlier rows and new ones; a (family, rate, source) measured again keeps its latest row."""
+    new = pd.DataFrame(rows)
+    both = pd.concat([table, new]) if len(table) else new
+    return both.drop_duplicates(["family", "lr", "source"], keep="last").reset_index(drop=True)
+
+
 def main() -> None:
     """Sweep every family from each source model; write the table and the choice."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,20 +191,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for lr.csv and lr.md")
     parser.add_argument("--seed", type=int, default=42, help="batch order, initialisation and held-out split")
     parser.add_argument(
-        "--families", nargs="+", choices=list(GRID), default=list(GRID), help="the families to sweep (default: all)"
+        "--families",
+        nargs="*",
+        choices=list(GRID),
+        default=list(GRID),
+        help="the families to sweep (default: all; none with --append: only extend an earlier sweep's edges)",
     )
     parser.add_argument(
         "--append", type=Path, help="an earlier lr.csv whose rows join this run's (a sweep done in parts)"
     )
     args = parser.parse_args()
     params = load_params()
-    rows = [row for source in args.sources for row in sweep_source(params, source, args.data, args.seed, args.families)]
+    grid = {f: GRID[f] for f in args.families}
     earlier = read_csv(args.append) if args.append else pd.DataFrame(columns=["family", "lr", "source"])
-    table = (
-        pd.concat([earlier, pd.DataFrame(rows)])
-        .drop_duplicates(["family", "lr", "source"], keep="last")
-        .reset_index(drop=True)
+    table = combine(
+        earlier, [r for source in args.sources for r in sweep_source(params, source, args.data, args.seed, grid)]
     )
+    extra = edge_extensions(table, choose(table))
+    if extra:
+        logger.info("chosen rates at an edge of the grid, one more rate each: %s", extra)
+        table = combine(
+            table, [r for source in args.sources for r in sweep_source(params, source, args.data, args.seed, extra)]
+        )
     chosen = choose(table)
     with atomic_path(args.out, is_dir=True) as out:
         table.to_csv(out / "lr.csv", index=False)
