@@ -22,7 +22,7 @@ from stage_cases import DAMAGED, GROUP, SHARED_DATA, Run, line_of, refused, sour
 from inflection_layers import source
 from inflection_layers.artifacts import read_json, read_parquet, write_json
 from inflection_layers.config import parse_params
-from inflection_layers.errors import InputError
+from inflection_layers.errors import DataError, InputError
 
 
 def test_no_stage_touched_the_network(stage_runs: dict[str, Run]) -> None:
@@ -124,3 +124,23 @@ def test_truncated_json_names_the_file(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: truncated or corrupt JSON file"):
         read_json(path)
+
+
+@pytest.mark.parametrize("queued", [True, False])
+def test_a_relative_data_dir_in_a_queued_experiment_says_to_give_it_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, queued: bool
+) -> None:
+    """`dvc exp run --queue` runs in a temporary copy under .dvc/tmp/exps, where ../shared/data is not the data."""
+    from dataclasses import replace
+
+    from inflection_layers.config import load_params
+    from inflection_layers.validate import check_data_source
+
+    work = tmp_path / (".dvc/tmp/exps/tmpabc" if queued else "repo")
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = replace(params, data=replace(params.data, source="local", dir="../shared/data"))
+    with pytest.raises(DataError, match=r"is missing, and data\.source is 'local'") as e:
+        check_data_source(params)
+    assert ("queue it with an absolute one" in str(e.value)) == queued

@@ -132,6 +132,16 @@ def check(params: Params, model_type: str, num_layers: int) -> None:
     check_sizes(params)
 
 
+def queued_hint(where: Path) -> str:
+    """A hint when a relative data.dir is read inside a queued experiment's temporary copy of the repository."""
+    if where.is_absolute() or ".dvc/tmp/exps" not in Path.cwd().as_posix():
+        return ""
+    return (
+        " (a queued experiment runs in a temporary copy of the repository under .dvc/tmp, where a relative "
+        "data.dir points elsewhere: queue it with an absolute one, e.g. -S data.dir=$(realpath ../shared/data))"
+    )
+
+
 def check_data_source(params: Params) -> None:
     """`data.dir` must exist for data.source local, and for auto unless the hub can be reached."""
     where = Path(params.data.dir)
@@ -139,13 +149,14 @@ def check_data_source(params: Params) -> None:
         return
     if params.data.source == "local":
         raise DataError(
-            f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing, and data.source is 'local'"
+            f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing, and data.source is "
+            f"'local'{queued_hint(where)}"
         )
     if why := hub_unreachable():
         raise DataError(
             f"params.yaml: data.dir = {params.data.dir!r} ({where.resolve()}) is missing "
             "and the Hugging Face hub is unreachable "
-            f"({why}); point data.dir at the offline copies or go online"
+            f"({why}); point data.dir at the offline copies or go online{queued_hint(where)}"
         )
 
 
