@@ -67,9 +67,12 @@ def fake_data(root: Path) -> Path:
     return root
 
 
-def tiny_params(root: Path, targets: list[str], regimes: list[str], seeds: list[int]) -> dict:
-    """The smoke profile on a tiny random BERT: every kind of stage and cell, tiny sizes."""
-    return smoke(
+def tiny_params(
+    root: Path, targets: list[str], regimes: list[str], seeds: list[int], overrides: dict | None = None
+) -> dict:
+    """The smoke profile on a tiny random BERT: every kind of stage and cell, tiny sizes; `overrides` replaces keys
+    per section afterwards ({"study": {"tau_strategies": []}})."""
+    raw = smoke(
         study={
             "targets": targets,
             "regimes": regimes,
@@ -116,6 +119,9 @@ def tiny_params(root: Path, targets: list[str], regimes: list[str], seeds: list[
         probe={"epochs": 2, "hidden": 16},
         report={"bootstrap": 100},
     )
+    for section, values in (overrides or {}).items():
+        raw[section].update(values)
+    return raw
 
 
 def flags(**kw: str | list[str]) -> list[str]:
@@ -214,14 +220,21 @@ def group_stages(g: object) -> None:
         )
 
 
-def build(root: Path, targets: list[str], regimes: list[str], seeds: list[int], with_report: bool = True) -> Path:
-    """Every stage of a tiny study in `root`; returns root."""
+def build(
+    root: Path,
+    targets: list[str],
+    regimes: list[str],
+    seeds: list[int],
+    with_report: bool = True,
+    overrides: dict | None = None,
+) -> Path:
+    """Every stage of a tiny study in `root` (params: `tiny_params` with `overrides`); returns root."""
     torch.manual_seed(0)
     config = tiny_config(3)
     config.vocab_size = 30_522  # the packaged tokenizer's vocabulary
     BertForSequenceClassification(config).save_pretrained(root / "tiny")
     load_tokenizer(PACKAGED).save_pretrained(root / "tiny")
-    raw = tiny_params(root, targets, regimes, seeds)
+    raw = tiny_params(root, targets, regimes, seeds, overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (root / "data").mkdir(exist_ok=True)
     (root / "data" / "paper").symlink_to(Path(__file__).resolve().parents[1] / "data" / "paper")

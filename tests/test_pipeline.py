@@ -135,3 +135,28 @@ def test_a_peft_group_without_selection_is_refused_before_any_work(
     with pytest.raises(InputError, match=r"the peft strategies need the selection JSON of `select` \(--selection\)"):
         finetune.main()
     assert not any(Path(p).exists() for p in ("o", "m", "p"))
+
+
+POWER = {  # the power run's cells (docs/results.md): the paper's strategies, none and lora_top; no intervention cells
+    "study": {
+        "strategies": ["none", "shallow", "full"],
+        "peft_strategies": ["lora_selective", "lora_all", "lora_top"],
+        "tau_strategies": [],
+    },
+    "analysis": {"strategies": ["none", "shallow", "full", "lora_selective", "lora_all"]},
+}
+
+
+@pytest.mark.slow
+def test_a_study_without_intervention_cells_runs_every_stage_and_judges_the_paper_claims(tmp_path: Path) -> None:
+    root = build(tmp_path, ["rt"], ["under", "over"], [7, 8], overrides=POWER)
+    tau = json.loads((root / "metrics/finetune_tau/rt-over-8/stage.json").read_text())
+    assert tau["cells"] == 0 and not any((root / "models/finetune_tau/rt-over-8").iterdir())
+    claims = pd.read_csv(root / "plots/report/claims.csv")
+    primary = claims[claims["role"] == "primary"].set_index("id")
+    assert {f"P{i}" for i in range(1, 11)} <= set(primary.index)
+    assert (primary.loc[["P2", "P3", "P4"], "n_seeds"] == 2).all()  # decided on the paper's cells, both seeds
+    decided = ["Reproduced", "Partially reproduced", "Not reproduced"]
+    assert primary.loc[["P2", "P3", "P4"], "verdict"].isin(decided).all()
+    not_run = primary.loc[["O5", "O6", "O10", "O11"]]  # the intervention cells and the other PEFT families
+    assert (not_run["n_seeds"] == 0).all() and (not_run["verdict"] == "Inconclusive").all()

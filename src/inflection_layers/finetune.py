@@ -236,10 +236,11 @@ def run_group(
     precision, config = precision_of(params, source, data, device)
     stage = {"plain": "finetune", "peft": "finetune_peft", "tau": "finetune_tau"}[kind] + f"@{group.name}"
     estimated = stage_estimate(params, config, group_tokens(data, group), stage, precision.name, selection)
+    results: dict[str, dict] = {}
     engine: dict = {}
     if kind == "plain":
         results = plain_results(params, group, strategies, source, data, device, precision)
-    else:
+    elif strategies:  # a study may run no cell of a kind (study.tau_strategies: []): the stage writes its record only
         results, engine = peft_results(params, group, strategies, source, data, selection, device, precision)
     write_results(
         params, group, {s: results[s] for s in strategies}, data, precision, config["num_hidden_layers"], dirs
@@ -254,7 +255,7 @@ def run_group(
         "wall_seconds": round(wall, 2),
         "estimated_seconds": estimated,
         "train_tokens": tokens,
-        "tokens_per_second": round(tokens / wall, 1),
+        "tokens_per_second": round(tokens / wall, 1) if tokens else 0.0,
         **engine,
         **precision.record(),
     }
