@@ -154,3 +154,8 @@ def test_a_stage_that_trains_nothing_never_imports_torch_or_transformers(stage: 
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "LOADED []" in res.stdout, res.stdout
+
+
+def test_the_setup_table_gives_the_encoders_depth_and_width(tiny_study: Path):
+    rows = [line for line in (report_dir(tiny_study) / "report.md").read_text().splitlines() if "depth x width" in line]
+    assert len(rows) == 1 and "| 3 x 32 |" in rows[0]  # the tiny BERT of tests/study.py: 3 layers, hidden 32

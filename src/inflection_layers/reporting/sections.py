@@ -106,8 +106,8 @@ def limitations(inputs: Any) -> list[str]:
     return out
 
 
-def setup_section(inputs: Any) -> list[str]:
-    rows = setup_rows(inputs.params, setup(inputs.paper), inputs.depth, None)
+def setup_section(j: Any, inputs: Any) -> list[str]:
+    rows = setup_rows(inputs.params, setup(inputs.paper), inputs.depth, j.evidence.width)
     return [
         "## Setup against the paper's, and the limitations",
         "",
@@ -198,7 +198,7 @@ def render(inputs: Any, j: Any, drawn: list[tuple[str, str]]) -> str:
     L = (
         header(inputs)
         + claims_section(j)
-        + setup_section(inputs)
+        + setup_section(j, inputs)
         + power_section(j, inputs)
         + evidence_section(j, figures)
     )
