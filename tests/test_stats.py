@@ -286,7 +286,7 @@ def bands(ski_accs: list[float], draws: list[list[float]]) -> pd.DataFrame:
 def test_a_ski_band_at_the_top_of_every_group_is_unlikely_by_chance():
     top = band_rank_test(bands([0.9] * 6, [[0.80, 0.81, 0.82, 0.83, 0.84]] * 6), seed=0)
     mid = band_rank_test(bands([0.82] * 6, [[0.80, 0.81, 0.83, 0.84, 0.85]] * 6), seed=0)
-    assert top["mean_share"] == 1.0 and top["p"] < 0.001 and "g0 1 of 6" in top["text"]
+    assert top["mean_share"] == 1.0 and top["p"] < 0.001 and "g0 rank 1 of 6" in top["text"]
     assert mid["mean_share"] == pytest.approx(0.4) and mid["p"] > 0.5
 
 

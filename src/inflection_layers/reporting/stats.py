@@ -158,7 +158,7 @@ def band_rank_test(bands: pd.DataFrame, seed: int, n_sim: int = 100_000) -> dict
             x = float(ski.iloc[0])
             shares.append(((others < x).sum() + 0.5 * (others == x).sum()) / len(others))
             sizes.append(len(others))
-            ranks.append(f"{group} {1 + int((others > x).sum())} of {1 + len(others)}")
+            ranks.append(f"{group} rank {1 + int((others > x).sum())} of {1 + len(others)}")
     if not shares:
         return {"mean_share": math.nan, "p": math.nan, "text": "no group has SKI and random bands"}
     rng = np.random.default_rng(seed)
@@ -167,7 +167,7 @@ def band_rank_test(bands: pd.DataFrame, seed: int, n_sim: int = 100_000) -> dict
     return {
         "mean_share": observed,
         "p": float((np.sum(sims >= observed - 1e-12) + 1) / (n_sim + 1)),
-        "text": f"mean share of bands below SKI {observed:.2f} ({'; '.join(ranks)})",
+        "text": f"mean share of bands below SKI {observed:.2f} ({'; '.join(ranks)}; rank 1: the most accurate)",
     }
 
 
