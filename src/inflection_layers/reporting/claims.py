@@ -16,7 +16,9 @@ import pandas as pd
 
 from inflection_layers.reporting.claims_base import (
     CLAIM_COLUMNS,
+    PAPER_STRATEGIES,
     PART_COLUMNS,
+    SEL,
     Evidence,
     arm,
     category_part,
@@ -28,9 +30,6 @@ from inflection_layers.reporting.claims_base import (
     primary,
 )
 from inflection_layers.reporting.paper import bert_base_parameters
-
-SEL = "lora_selective"
-PAPER_STRATEGIES = ("shallow", "full", "lora_selective", "lora_all")
 
 
 def paper_acc(ev: Evidence, regime: str, strategy: str) -> str:

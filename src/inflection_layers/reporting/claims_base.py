@@ -18,10 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from inflection_layers.cells import REGIMES as REGIMES
 from inflection_layers.reporting import verdicts as V
 from inflection_layers.reporting.decisions import Decision, lookup, resolve
 from inflection_layers.reporting.paper import Paper
 from inflection_layers.reporting.stats import seed_interval
+
+SEL = "lora_selective"  # the SKI band's LoRA cell
+PAPER_STRATEGIES = ("shallow", "full", SEL, "lora_all")  # the paper's four strategies
 
 CLAIM_COLUMNS = [
     "id",

@@ -16,11 +16,17 @@ import math
 
 import pandas as pd
 
-from inflection_layers.reporting.claims_base import Evidence, category_part, claim_row, context_part, missing_part, part
+from inflection_layers.reporting.claims_base import (
+    PAPER_STRATEGIES,
+    REGIMES,
+    Evidence,
+    category_part,
+    claim_row,
+    context_part,
+    missing_part,
+    part,
+)
 from inflection_layers.reporting.paper import map_band
-
-PAPER_STRATEGIES = ("shallow", "full", "lora_selective", "lora_all")
-REGIMES = ("under", "over")
 
 
 def of_target(df: pd.DataFrame, target: str) -> pd.DataFrame:

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from inflection_layers.reporting.claims_base import (
+    REGIMES,
+    SEL,
     Evidence,
     arm,
     claim_row,
@@ -22,9 +24,6 @@ from inflection_layers.reporting.claims_base import (
     primary,
 )
 from inflection_layers.reporting.stats import partial_spearman
-
-SEL = "lora_selective"
-REGIMES = ("under", "over")
 
 
 def gradient_ratio(iv: pd.DataFrame) -> pd.DataFrame:

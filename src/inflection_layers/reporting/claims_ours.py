@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 
 from inflection_layers.reporting.claims_base import (
+    PAPER_STRATEGIES,
+    REGIMES,
+    SEL,
     Evidence,
     arm,
     claim_row,
@@ -20,10 +23,6 @@ from inflection_layers.reporting.claims_base import (
     primary,
 )
 from inflection_layers.reporting.stats import band_rank_test, depth_trend
-
-SEL = "lora_selective"
-REGIMES = ("under", "over")
-PAPER_STRATEGIES = ("shallow", "full", "lora_selective", "lora_all")
 
 
 def band_table(ev: Evidence, target: str) -> pd.DataFrame:
