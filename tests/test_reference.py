@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from inflection_layers.tools.reference import differences
+import pytest
+
+from inflection_layers.tools.reference import REPRODUCED, differences, reference_of
 
 
 def test_equal_within_tolerance() -> None:
@@ -22,3 +24,10 @@ def test_every_kind_of_difference_is_named() -> None:
 def test_nan_equals_nan_and_bool_is_not_a_number() -> None:
     assert differences({"x": float("nan")}, {"x": float("nan")}, 0.01) == []
     assert differences({"x": True}, {"x": 1.0}, 0.01) != []
+
+
+def test_a_reference_keeps_only_what_must_reproduce() -> None:
+    summary = {k: {"x": 1} for k in REPRODUCED} | {"precision": {"bf16": 10}, "verdict_code": {"P1": 2}}
+    assert sorted(reference_of(summary)) == sorted(REPRODUCED)
+    with pytest.raises(ValueError, match="lacks"):
+        reference_of({"accuracy": {}})
