@@ -99,19 +99,19 @@ def fit_saes(states: np.ndarray, params: Params) -> list[tuple[Scale, object]]:
     return out
 
 
-def score_cell(saes: list, before: np.ndarray, after: np.ndarray, key: dict) -> list[dict]:
-    """Per layer: cosine before/after, the source SAE's FVU on the cell's activations, its excess, per unit of shift."""
+def score_cell(saes: list, before: np.ndarray, own: list[float], after: np.ndarray, key: dict) -> list[dict]:
+    """Per layer: cosine before/after, the source SAE's FVU on the cell's activations, its excess over `own` (the
+    FVU on the source's own held-out activations, per layer), and that excess per unit of shift."""
     rows = []
     for layer, (scale, sae) in enumerate(saes):
         cos = token_cosine(before[layer], after[layer])
         fvu_after = evaluate_sae(sae, scale(torch.from_numpy(after[layer])))["fvu"]
-        fvu_before = evaluate_sae(sae, scale(torch.from_numpy(before[layer])))["fvu"]
         shift = 1.0 - cos
         values = {
             "cosine": cos,
             "fvu": fvu_after,
-            "excess_fvu": fvu_after - fvu_before,
-            "excess_fvu_per_shift": (fvu_after - fvu_before) / shift if shift > 1e-9 else float("nan"),
+            "excess_fvu": fvu_after - own[layer],
+            "excess_fvu_per_shift": (fvu_after - own[layer]) / shift if shift > 1e-9 else float("nan"),
         }
         rows += [{"layer": layer, "metric": m, "value": v, **key} for m, v in values.items()]
     return rows
@@ -147,18 +147,17 @@ def source_rows(
         held = pd.concat([read_parquet(data_dir / f"{target}_{s}.parquet", ["text"]) for s in p.eval_splits])["text"]
         held_ids = tokenize(tokenizer, held, params.model.max_length)
         before = token_states(model, held_ids, size, pad, device, precision)
-        for layer, (scale, sae) in enumerate(saes):
-            scores = evaluate_sae(sae, scale(torch.from_numpy(before[layer])))
-            rows += [
-                {"layer": layer, "metric": m, "value": v, "target": target, **key, "strategy": "none", "family": "none"}
-                for m, v in scores.items()
-            ]
+        scores = [evaluate_sae(sae, scale(torch.from_numpy(before[layer]))) for layer, (scale, sae) in enumerate(saes)]
+        rows += [
+            {"layer": layer, "metric": m, "value": v, "target": target, **key, "strategy": "none", "family": "none"}
+            for layer, layer_scores in enumerate(scores)
+            for m, v in layer_scores.items()
+        ]
         for cell in [c for c in cells if c.group.target == target and c.strategy != "none"]:
             metrics = read_json(locate(metric_roots, cell, ".json"))
             cell_model = rebuild(source, locate(cell_roots, cell), metrics).to(device)
-            rows += score_cell(
-                saes, before, token_states(cell_model, held_ids, size, pad, device, precision), cell.key()
-            )
+            after = token_states(cell_model, held_ids, size, pad, device, precision)
+            rows += score_cell(saes, before, [x["fvu"] for x in scores], after, cell.key())
     return rows
 
 

@@ -50,16 +50,23 @@ class TopKSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(latents))
         self.b_dec = nn.Parameter(torch.zeros(width))
 
-    def encode(self, x: Tensor) -> Tensor:
-        """(N, D) -> (N, M) with k non-negative entries per row."""
-        pre = F.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
-        top = torch.topk(pre, self.k, dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+    def latents(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, D) -> the k active latents per row: values (N, k), non-negative, and their indices (N, k) in [0, M)."""
+        top = torch.topk((x - self.b_dec) @ self.W_enc + self.b_enc, self.k, dim=-1)
+        return F.relu(top.values), top.indices  # ReLU after TopK: the same k latents, no (N, M) ReLU
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(reconstruction (N, D), latents (N, M))."""
-        z = self.encode(x)
-        return z @ self.W_dec + self.b_dec, z
+    def encode(self, x: Tensor) -> Tensor:
+        """(N, D) -> (N, M) with k non-negative entries per row (dense; training and scoring use `latents`)."""
+        values, indices = self.latents(x)
+        return torch.zeros(len(x), self.W_dec.shape[0], dtype=values.dtype).scatter_(-1, indices, values)
+
+    def decode(self, values: Tensor, indices: Tensor) -> Tensor:
+        """Active latents (N, k) -> reconstruction (N, D): a weighted sum of k dictionary rows, no (N, M) product."""
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction (N, D) of x (N, D)."""
+        return self.decode(*self.latents(x))
 
     @torch.no_grad()
     def normalise(self) -> None:
@@ -80,7 +87,7 @@ def train_sae(x: Tensor, latents: int, k: int, epochs: int, batch_size: int, lr:
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=g).split(batch_size):
             batch = x[idx]
-            loss = (sae(batch)[0] - batch).pow(2).sum(1).mean()
+            loss = (sae(batch) - batch).pow(2).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae.normalise()
@@ -93,13 +100,15 @@ def train_sae(x: Tensor, latents: int, k: int, epochs: int, batch_size: int, lr:
 def evaluate_sae(sae: TopKSAE, x: Tensor, batch_size: int = 8192) -> dict[str, float]:
     """FVU, L0 and the share of dead latents of `sae` on scaled activations x (N, D)."""
     err, total, l0, fired = 0.0, 0.0, 0.0, torch.zeros(sae.W_dec.shape[0], dtype=torch.bool)
-    mean = x.double().mean(0)
+    mean = x.double().mean(0).float()
     for part in x.split(batch_size):
-        x_hat, z = sae(part)
-        err += float((part - x_hat).double().pow(2).sum())
-        total += float((part.double() - mean).pow(2).sum())
-        l0 += float((z > 0).sum())
-        fired |= (z > 0).any(0)
+        values, indices = sae.latents(part)
+        x_hat = sae.decode(values, indices)
+        err += float((part - x_hat).pow(2).sum(1).double().sum())
+        total += float((part - mean).pow(2).sum(1).double().sum())
+        active = values > 0
+        l0 += float(active.sum())
+        fired[indices[active]] = True
     return {
         "fvu": err / total if total > 0 else float("nan"),
         "l0": l0 / len(x),
