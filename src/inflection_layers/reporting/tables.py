@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from inflection_layers.cells import EVAL_SPLITS, LORA_STRATEGIES, draw, family
+from inflection_layers.reporting.claims_base import SEL
 from inflection_layers.reporting.paper import PAPER_TARGET, Paper, bert_base_parameters, lora_parameters
 from inflection_layers.reporting.selection_tables import bands_table as bands_table
 from inflection_layers.reporting.selection_tables import measure_sensitivity as measure_sensitivity
@@ -25,7 +26,6 @@ from inflection_layers.reporting.selection_tables import selection_ablation as s
 from inflection_layers.reporting.stats import compare_arms, holm, seed_interval
 
 SUBSETS = {"clean_source": "in_source", "clean_sst2": "in_sst2", "clean_phrase": "phrase_covered"}
-SEL = "lora_selective"
 
 
 def eval_sets(examples: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
