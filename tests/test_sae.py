@@ -76,3 +76,18 @@ def test_training_sentences_are_whole_seeded_and_enough() -> None:
     assert sum(lengths[i] for i in chosen) >= 15 and list(chosen) == sorted(chosen)
     assert np.array_equal(chosen, training_sentences(lengths, train_tokens=15, seed=0))
     assert len(training_sentences(lengths, train_tokens=10_000, seed=0)) == len(lengths)  # all if fewer
+
+
+def test_the_benchmarks_dense_decoder_computes_the_same_function() -> None:
+    """Benchmark (k) compares two computations of one function: a dense code times the dictionary, b_dec subtracted
+    from x, against k rows summed with b_dec folded into the bias."""
+    from inflection_layers.tools.sae_speed import DenseDecoderSAE
+
+    fast, dense = (kind(12, 48, 5, torch.Generator().manual_seed(0)) for kind in (TopKSAE, DenseDecoderSAE))
+    with torch.no_grad():
+        for sae in (fast, dense):
+            sae.b_dec.copy_(torch.linspace(-1, 1, 12))
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(fast(x), dense(x), atol=1e-5)
+    trained = [train_sae(x, 48, 5, 3, 8, 1e-2, seed=2, kind=kind) for kind in (TopKSAE, DenseDecoderSAE)]
+    assert torch.allclose(trained[0].W_dec, trained[1].W_dec, atol=1e-4)

@@ -52,7 +52,9 @@ class TopKSAE(nn.Module):
 
     def latents(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, D) -> the k active latents per row: values (N, k), non-negative, and their indices (N, k) in [0, M)."""
-        top = torch.topk((x - self.b_dec) @ self.W_enc + self.b_enc, self.k, dim=-1)
+        # (x - b_dec) W_enc + b_enc, with b_dec folded into the bias: its gradient is then a (1, M) x (M, D) product,
+        # not the (N, M) x (M, D) one that autograd would compute for the gradient of (x - b_dec)
+        top = torch.topk(torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc), self.k, dim=-1)
         return F.relu(top.values), top.indices  # ReLU after TopK: the same k latents, no (N, M) ReLU
 
     def encode(self, x: Tensor) -> Tensor:
@@ -77,10 +79,13 @@ class TopKSAE(nn.Module):
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
 
 
-def train_sae(x: Tensor, latents: int, k: int, epochs: int, batch_size: int, lr: float, seed: int) -> TopKSAE:
-    """Fit a TopK SAE to scaled activations x (N, D) with Adam on the mean squared error; deterministic in `seed`."""
+def train_sae(
+    x: Tensor, latents: int, k: int, epochs: int, batch_size: int, lr: float, seed: int, kind: type = TopKSAE
+) -> TopKSAE:
+    """Fit a TopK SAE (of class `kind`) to scaled activations x (N, D) with Adam on the mean squared error;
+    deterministic in `seed`."""
     g = torch.Generator().manual_seed(seed)
-    sae = TopKSAE(x.shape[1], latents, k, g)
+    sae = kind(x.shape[1], latents, k, g)
     with torch.no_grad():
         sae.b_dec.copy_(x.mean(0))
     opt = torch.optim.Adam(sae.parameters(), lr=lr)

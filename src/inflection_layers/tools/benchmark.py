@@ -16,6 +16,8 @@ It prints, on the same model, data and batches:
   (i) the distance from the limit: achieved FLOP/s of a training step (a frozen-encoder LoRA cell and `full`)
       as a fraction of this machine's large-shape matrix-product throughput, in fp32 and in the resolved
       precision; the default study's FLOPs over that throughput (its floor) beside its estimate;
+  (k) the `features` stage's sparse autoencoder (k active dictionary rows, b_dec folded into the encoder's bias)
+      against the first implementation's dense decoder: training and scoring at quick's sizes, with both FVUs;
   (f) with --base, a training step of the 12-layer base encoder (packaged-base) beside MiniLM's;
   (g) with --dvc, the wall time of a no-op `dvc repro` and the number of stages it ran;
   (j) with `--only j`, each stage script's start-up: process start to parsed arguments (`--help`), and whether
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inflection_layers.archs import arch
+from inflection_layers.archs import arch, model_config
 from inflection_layers.artifacts import read_parquet
 from inflection_layers.config import load_params
 from inflection_layers.diagnostics import measure
@@ -45,6 +47,7 @@ from inflection_layers.errors import run_main
 from inflection_layers.modeling import load_model, load_tokenizer, pick_device, seed_everything
 from inflection_layers.precision import BF16_CPU_FLAGS, Precision, bf16_cpu_flags, cpu_info, resolve
 from inflection_layers.strategies import apply_strategy
+from inflection_layers.tools.sae_speed import sae_speed
 from inflection_layers.tools.startup import noop_repro, startup
 from inflection_layers.training import (
     batch_stream,
@@ -285,7 +288,6 @@ def lockstep(b: Bench, params, work: Precision) -> None:
 
 def limit(b: Bench, params, work: Precision) -> None:
     """(i) achieved FLOP/s of training steps as a fraction of the machine's matrix-product peak; the study's floor."""
-    from inflection_layers.archs import model_config
     from inflection_layers.estimate import Tokens, all_stages, describe, floor_seconds, pass_flops, seconds, stage_work
     from inflection_layers.tools.estimate import composed, matmul_peak, rates_here, token_stats
 
@@ -321,7 +323,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument(
-        "--only", nargs="+", choices=list("abcdehij"), default=list("abcdehi"), help="measurements to run (j: start-up)"
+        "--only",
+        nargs="+",
+        choices=list("abcdehijk"),
+        default=list("abcdehik"),
+        help="measurements to run (j: start-up)",
     )
     parser.add_argument(
         "--base", action="store_true", help="also time the 12-layer base encoder (assembles it if needed)"
@@ -345,8 +351,9 @@ def main() -> None:
         "e": lambda: total(b, work),
         "h": lambda: lockstep(b, params, work),
         "i": lambda: limit(b, params, work),
+        "k": lambda: sae_speed(model_config(params.model.name)["hidden_size"], params.features),
     }
-    for key in [k for k in "bcehi" if k in args.only]:
+    for key in [k for k in "bcehik" if k in args.only]:
         steps[key]()
     if args.base:
         base_model(args, params, flags)
