@@ -39,7 +39,7 @@ def sae_speed(
                 x,
                 features.expansion * width,
                 features.k,
-                features.epochs,
+                epochs,
                 features.batch_size,
                 features.lr,
                 features.seed,
