@@ -153,11 +153,12 @@ def source_rows(
             for layer, layer_scores in enumerate(scores)
             for m, v in layer_scores.items()
         ]
+        own = [x["fvu"] for x in scores]  # the source's held-out FVU per layer: the baseline of every cell's excess
         for cell in [c for c in cells if c.group.target == target and c.strategy != "none"]:
             metrics = read_json(locate(metric_roots, cell, ".json"))
             cell_model = rebuild(source, locate(cell_roots, cell), metrics).to(device)
             after = token_states(cell_model, held_ids, size, pad, device, precision)
-            rows += score_cell(saes, before, [x["fvu"] for x in scores], after, cell.key())
+            rows += score_cell(saes, before, own, after, cell.key())
     return rows
 
 

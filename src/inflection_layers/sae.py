@@ -57,10 +57,13 @@ class TopKSAE(nn.Module):
         top = torch.topk(torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc), self.k, dim=-1)
         return F.relu(top.values), top.indices  # ReLU after TopK: the same k latents, no (N, M) ReLU
 
+    def dense(self, values: Tensor, indices: Tensor) -> Tensor:
+        """Active latents (N, k) -> the dense code (N, M), zero outside them."""
+        return torch.zeros(len(values), self.W_dec.shape[0], dtype=values.dtype).scatter_(-1, indices, values)
+
     def encode(self, x: Tensor) -> Tensor:
         """(N, D) -> (N, M) with k non-negative entries per row (dense; training and scoring use `latents`)."""
-        values, indices = self.latents(x)
-        return torch.zeros(len(x), self.W_dec.shape[0], dtype=values.dtype).scatter_(-1, indices, values)
+        return self.dense(*self.latents(x))
 
     def decode(self, values: Tensor, indices: Tensor) -> Tensor:
         """Active latents (N, k) -> reconstruction (N, D): a weighted sum of k dictionary rows, no (N, M) product."""

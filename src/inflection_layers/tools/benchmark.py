@@ -353,8 +353,9 @@ def main() -> None:
         "i": lambda: limit(b, params, work),
         "k": lambda: sae_speed(model_config(params.model.name)["hidden_size"], params.features),
     }
-    for key in [k for k in "bcehik" if k in args.only]:
-        steps[key]()
+    for key, step in steps.items():
+        if key in args.only:
+            step()
     if args.base:
         base_model(args, params, flags)
     if args.dvc:

@@ -20,8 +20,7 @@ class DenseDecoderSAE(TopKSAE):
         return torch.relu(top.values), top.indices
 
     def decode(self, values: Tensor, indices: Tensor) -> Tensor:
-        z = torch.zeros(len(values), self.W_dec.shape[0], dtype=values.dtype).scatter(-1, indices, values)
-        return z @ self.W_dec + self.b_dec
+        return self.dense(values, indices) @ self.W_dec + self.b_dec
 
 
 def sae_speed(
@@ -31,9 +30,10 @@ def sae_speed(
     of the model's width, with `features`' expansion, k, batch size, lr and seed; the ratios and both FVUs."""
     g = torch.Generator().manual_seed(features.seed)
     x, held = torch.randn(tokens, width, generator=g), torch.randn(held_out, width, generator=g)
-    best: dict[str, list[float]] = {}
+    times: dict[type, list[tuple[float, float]]] = {DenseDecoderSAE: [], TopKSAE: []}  # (training, scoring) s
+    fvu: dict[type, float] = {}
     for _ in range(repeats):
-        for kind in (DenseDecoderSAE, TopKSAE):
+        for kind, runs in times.items():
             t0 = time.perf_counter()
             sae = train_sae(
                 x,
@@ -46,11 +46,10 @@ def sae_speed(
                 kind,
             )
             t1 = time.perf_counter()
-            fvu = evaluate_sae(sae, held)["fvu"]
-            t2 = time.perf_counter()
-            old = best.get(kind.__name__, [float("inf"), float("inf"), fvu])
-            best[kind.__name__] = [min(old[0], t1 - t0), min(old[1], t2 - t1), fvu]
-    (dt, ds, dfvu), (nt, ns, nfvu) = best["DenseDecoderSAE"], best["TopKSAE"]
+            fvu[kind] = evaluate_sae(sae, held)["fvu"]
+            runs.append((t1 - t0, time.perf_counter() - t1))
+    (dt, nt), (ds, ns) = ([min(t[i] for t in times[kind]) for kind in times] for i in (0, 1))
+    dfvu, nfvu = fvu[DenseDecoderSAE], fvu[TopKSAE]
     print(
         f"\n(k) the features stage's SAE ({tokens} tokens x {width}, {features.expansion * width} latents, "
         f"k {features.k}, {epochs} epochs; scoring {held_out} tokens), against a dense decoder:\n"
