@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inflection_layers.tools.reference import REPRODUCED, differences, reference_of
+from inflection_layers.tools.reference import REPRODUCED, differences, reference_of, set_sizes, tolerance
 
 
 def test_equal_within_tolerance() -> None:
@@ -31,3 +31,19 @@ def test_a_reference_keeps_only_what_must_reproduce() -> None:
     assert sorted(reference_of(summary)) == sorted(REPRODUCED)
     with pytest.raises(ValueError, match="lacks"):
         reference_of({"accuracy": {}})
+
+
+def test_accuracy_tolerance_counts_sentences_of_its_set() -> None:
+    """120 validation sentences, 34 of them clean: two flipped sentences pass on either set, three do not."""
+    audit = {"rt": {"validation": {"n": 120, "in_sst2": 86}}}
+    ref = {"accuracy": {"rt": {"under": {"full": 0.5}}}, "clean_sst2": {"under": {"full": 0.5}}, "audit": audit}
+    assert set_sizes(ref) == {".accuracy.rt": 120, ".clean_sst2": 34}
+    tol = tolerance(ref, atol=0.02, examples=2)
+
+    def run(acc: float, clean: float) -> dict:
+        return {"accuracy": {"rt": {"under": {"full": acc}}}, "clean_sst2": {"under": {"full": clean}}, "audit": audit}
+
+    assert differences(run(round(0.5 + 2 / 120, 4), round(0.5 - 2 / 34, 4)), ref, tol) == []
+    diffs = differences(run(round(0.5 + 3 / 120, 4), round(0.5 - 3 / 34, 4)), ref, tol)
+    assert [d.split(":")[0] for d in diffs] == [".accuracy.rt.under.full", ".clean_sst2.under.full"]
+    assert tol(".seeds") == 0.02
