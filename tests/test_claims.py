@@ -112,6 +112,14 @@ def test_a_directional_part_is_judged_against_the_papers_difference(values: list
     assert p["ours"] == pytest.approx(100 * float(np.mean(values)))
 
 
+def test_identical_seeds_are_named_in_the_reason():
+    """The default run's P2 on cr: selective - shallow was -1.333 points in all three seeds (10 of 750 sentences)."""
+    args = ("P2", "primary", "shallow", "cr", "over: selective - shallow")
+    tied = part(evidence(), *args, pd.Series([-0.013333] * 3))
+    assert tied["verdict"] == V.NOT_REPRODUCED and "every seed gave the same value" in tied["reason"]
+    assert "same value" not in part(evidence(), *args, pd.Series([-0.013, -0.014, -0.012]))["reason"]
+
+
 def test_an_equivalence_part_uses_the_90_percent_interval():
     p = part(
         evidence(),

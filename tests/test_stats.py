@@ -25,6 +25,7 @@ from inflection_layers.reporting.stats import (
     points,
     seed_interval,
     seeds_needed,
+    t_test_power,
 )
 
 nan = math.nan
@@ -260,13 +261,34 @@ def power_by_nct(effect: float, sd: float, n: int, alpha: float) -> float:
     return sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
 
 
-@pytest.mark.parametrize("d, sd, alpha, power", [(0.13, 0.275, 0.05, 0.8), (1.0, 0.3, 0.05, 0.8), (0.5, 1.0, 0.1, 0.9)])
+@pytest.mark.parametrize(
+    "d, sd, alpha, power",
+    # the last: the default run's P6 part, where statsmodels' root finder returned nan
+    [
+        (0.13, 0.275, 0.05, 0.8),
+        (1.0, 0.3, 0.05, 0.8),
+        (0.5, 1.0, 0.1, 0.9),
+        (2.913, 0.2352, 0.05, 0.8),
+    ],
+)
 def test_seeds_needed_is_the_smallest_n_reaching_the_power(d, sd, alpha, power):
     n = int(seeds_needed(d, sd, alpha, power))
     assert power_by_nct(d, sd, n, alpha) >= power - 1e-6 and (n == 2 or power_by_nct(d, sd, n - 1, alpha) < power)
 
 
-@pytest.mark.parametrize("d, sd, expected", [(0.5, 0.0, 2.0), (0.5, nan, nan), (0.0, 1.0, nan), (nan, 1.0, nan)])
+@pytest.mark.parametrize("effect_size, n", [(0.47, 10), (11.0, 2), (3.0, 3)])
+def test_t_test_power_matches_simulation_where_the_noncentral_t_fails(effect_size, n):
+    """Monte Carlo t-tests on normal samples; (11, 2) is the default run's O7 part, where scipy's nct gives nan."""
+    x = np.random.default_rng(0).normal(effect_size, 1.0, size=(200_000, n))
+    t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(n))
+    simulated = float(np.mean(np.abs(t) > sps.t.ppf(0.975, n - 1)))
+    assert t_test_power(effect_size, n, 0.05) == pytest.approx(simulated, abs=0.005)
+    assert seeds_needed(effect_size, 1.0, 0.05, simulated - 0.01) <= n
+
+
+@pytest.mark.parametrize(
+    "d, sd, expected", [(0.5, 0.0, 2.0), (0.5, nan, nan), (0.0, 1.0, nan), (nan, 1.0, nan), (1e-6, 10.0, math.inf)]
+)
 def test_seeds_needed_edge_cases(d, sd, expected):
     got = seeds_needed(d, sd, 0.05, 0.8)
     assert (math.isnan(got) and math.isnan(expected)) or got == expected

@@ -190,7 +190,10 @@ def part(
     conv, shown = _display(unit)
     interval = f" [{fmt(conv(low), 3)}, {fmt(conv(high), 3)}] ({100 * level:g}% interval)" if si["n"] >= 2 else ""
     mean = fmt(conv(si["mean"]), 3)
-    reason = f"{label}: mean {mean} {shown}{interval} over {si['n']} seed(s); " + explain(d, verdict, conv, si["n"])
+    same = si["n"] >= 2 and bool(np.all(x == x[0]))  # a t-interval over identical values has no width
+    tie = " (every seed gave the same value: the interval has no width)" if same else ""
+    reason = f"{label}: mean {mean} {shown}{interval}{tie} over {si['n']} seed(s); "
+    reason += explain(d, verdict, conv, si["n"])
     return {
         "id": pid,
         "role": role,

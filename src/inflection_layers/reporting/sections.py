@@ -7,6 +7,7 @@ judgement; :func:`render` joins them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from inflection_layers.reporting.markdown import (
@@ -28,6 +29,7 @@ from inflection_layers.reporting.sections_detail import (
     table1_block,
     timing_section,
 )
+from inflection_layers.reporting.stats import MOST_SEEDS
 
 FIG_FOR = {
     "P1": ["fig1_accuracy_vs_params"],
@@ -122,6 +124,11 @@ def setup_section(j: Any, inputs: Any) -> list[str]:
     ]
 
 
+def seeds_text(n: float) -> str:
+    """A power table's seed count: '38', 'n/a' without an sd, 'over 1,000,000' beyond the search."""
+    return f"over {MOST_SEEDS:,}" if n == math.inf else num(n, ".0f")
+
+
 def power_section(j: Any, inputs: Any) -> list[str]:
     """Prospective power: the seeds each primary part needs for its claimed effect, at the paper's seed sd and ours."""
     p = inputs.params.report
@@ -132,9 +139,9 @@ def power_section(j: Any, inputs: Any) -> list[str]:
             r.part,
             f"{num(r.effect, '.3g')} {r.unit}",
             num(r.sd_paper, ".3g"),
-            num(r.seeds_paper, ".0f"),
+            seeds_text(r.seeds_paper),
             num(r.sd_ours, ".3g"),
-            num(r.seeds_ours, ".0f"),
+            seeds_text(r.seeds_ours),
             r.n_seeds,
         ]
         for r in j.power.itertuples()

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import integrate, stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
@@ -126,22 +126,45 @@ def equivalence_test(diffs: np.ndarray, margin: float, alpha: float) -> dict:
     return out | {"p": float(p), "p_lower": float(p_lo), "p_upper": float(p_up), "equivalent": bool(p < alpha)}
 
 
-def seeds_needed(d: float, sd: float, alpha: float, power: float) -> float:
-    """Prospectively: the seeds a two-sided one-sample t-test over per-seed differences needs to detect a mean of d
-    with `power`, given a seed-level sd (statsmodels TTestPower); nan without an sd, 2 when sd is 0."""
+def t_test_power(effect_size: float, n: int, alpha: float) -> float:
+    """Power of the two-sided one-sample t-test (n observations, standardised effect): the normal tail integrated
+    over the quantiles u of the sample variance's chi-square, finite where scipy's noncentral t gives nan."""
+    df, nc = n - 1, effect_size * math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def rejects(u: float) -> float:
+        c = crit * math.sqrt(stats.chi2.ppf(u, df) / df)
+        return stats.norm.sf(c - nc) + stats.norm.cdf(-c - nc)
+
+    return float(integrate.quad(rejects, 0, 1, limit=200)[0])
+
+
+MOST_SEEDS = 1_000_000  # seeds_needed's search bound: beyond it, inf
+
+
+def seeds_needed(d: float, sd: float, alpha: float, power: float, most: int = MOST_SEEDS) -> float:
+    """Prospectively: the fewest seeds (>= 2) with which a two-sided one-sample t-test over per-seed differences
+    detects a mean of d with `power`, given a seed-level sd (statsmodels TTestPower); nan without an sd, 2 when sd is
+    0, inf beyond `most`. Searched over whole seeds (power rises with n): statsmodels' root finder returned nan for
+    large effects, where its noncentral t is nan in the far tail (`t_test_power` is used there)."""
     if d is None or sd is None or not (math.isfinite(d) and math.isfinite(sd)) or d == 0:
         return math.nan
     if sd == 0:
         return 2.0
-    es, solver = abs(d) / sd, TTestPower()
-    if solver.power(effect_size=es, nobs=2, alpha=alpha, alternative="two-sided") >= power:
+
+    def enough(n: int) -> bool:
+        value = solver.power(effect_size=abs(d) / sd, nobs=n, alpha=alpha, alternative="two-sided")
+        return (value if math.isfinite(value) else t_test_power(abs(d) / sd, n, alpha)) >= power
+
+    solver, low, high = TTestPower(), 2, most
+    if enough(low):
         return 2.0
-    n = float(
-        np.asarray(
-            solver.solve_power(effect_size=es, nobs=None, alpha=alpha, power=power, alternative="two-sided")
-        ).item()
-    )
-    return float(max(2, math.ceil(n))) if math.isfinite(n) else math.nan
+    if not enough(high):
+        return math.inf
+    while high - low > 1:  # invariant: not enough(low), enough(high)
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return float(high)
 
 
 def band_rank_test(bands: pd.DataFrame, seed: int, n_sim: int = 100_000) -> dict:
