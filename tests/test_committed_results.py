@@ -4,12 +4,11 @@ parameter it recorded equals params.yaml, and the summary and report name the pr
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +23,9 @@ def lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-@pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not installed")
 def test_the_lock_holds_only_stages_of_the_pipeline() -> None:
-    names = subprocess.run(
-        ["dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
+    command = [sys.executable, "-m", "dvc", "stage", "list", "--name-only"]
+    names = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert names
     assert sorted(set(LOCK) - set(names)) == []
     assert sorted(set(names) - set(LOCK)) == []
