@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,16 @@ def explain(d: Decision, verdict: str, show: Any, n: int) -> str:
     return f"{outcome} {claims} ({d.source})"
 
 
+def _seed_summary(si: dict, low: float, high: float, level: float, conv: Callable, shown: str) -> str:
+    """'mean +0.53 points [-0.97, +2.03] (95% interval) over 3 seed(s)', naming an interval without width (every
+    seed the same value: seed_interval's sd is exactly 0 then)."""
+    if si["n"] < 2:
+        return f"mean {fmt(conv(si['mean']), 3)} {shown} over {si['n']} seed(s)"
+    tie = " (every seed gave the same value: the interval has no width)" if si["sd"] == 0 else ""
+    interval = f"[{fmt(conv(low), 3)}, {fmt(conv(high), 3)}] ({100 * level:g}% interval){tie}"
+    return f"mean {fmt(conv(si['mean']), 3)} {shown} {interval} over {si['n']} seed(s)"
+
+
 def part(
     ev: Evidence,
     pid: str,
@@ -188,12 +199,7 @@ def part(
     low, high, level = _interval(x, d, ev.rep)
     verdict = judge(d, low, high, si["mean"]) if si["n"] >= 2 else V.INCONCLUSIVE
     conv, shown = _display(unit)
-    interval = f" [{fmt(conv(low), 3)}, {fmt(conv(high), 3)}] ({100 * level:g}% interval)" if si["n"] >= 2 else ""
-    mean = fmt(conv(si["mean"]), 3)
-    same = si["n"] >= 2 and bool(np.all(x == x[0]))  # a t-interval over identical values has no width
-    tie = " (every seed gave the same value: the interval has no width)" if same else ""
-    reason = f"{label}: mean {mean} {shown}{interval}{tie} over {si['n']} seed(s); "
-    reason += explain(d, verdict, conv, si["n"])
+    reason = f"{label}: {_seed_summary(si, low, high, level, conv, shown)}; " + explain(d, verdict, conv, si["n"])
     return {
         "id": pid,
         "role": role,

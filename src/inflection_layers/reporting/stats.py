@@ -152,11 +152,13 @@ def seeds_needed(d: float, sd: float, alpha: float, power: float, most: int = MO
     if sd == 0:
         return 2.0
 
-    def enough(n: int) -> bool:
-        value = solver.power(effect_size=abs(d) / sd, nobs=n, alpha=alpha, alternative="two-sided")
-        return (value if math.isfinite(value) else t_test_power(abs(d) / sd, n, alpha)) >= power
+    es, solver = abs(d) / sd, TTestPower()
 
-    solver, low, high = TTestPower(), 2, most
+    def enough(n: int) -> bool:
+        value = solver.power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided")
+        return (value if math.isfinite(value) else t_test_power(es, n, alpha)) >= power
+
+    low, high = 2, most
     if enough(low):
         return 2.0
     if not enough(high):
